@@ -1,0 +1,30 @@
+"""Shared fixtures: the real benchmark data folder (tests that need it skip when it is absent)."""
+
+import pytest
+
+from training.config import DATA_DIR_ENV, default_data_dir
+
+
+def _dataset_dir(name: str):
+    path = default_data_dir() / name
+    if not path.is_dir():
+        pytest.skip(f"real data not found at {path} (set ${DATA_DIR_ENV} to the folder holding {name}/)")
+    return path
+
+
+@pytest.fixture
+def beauty_dir():
+    """`../shared/data/amazon-beauty` (S3-Rec format)."""
+    return _dataset_dir("amazon-beauty")
+
+
+@pytest.fixture
+def scientific_dir():
+    """`../shared/data/amazon-scientific-mm` (RecBole atomic files + CLIP feature matrices)."""
+    return _dataset_dir("amazon-scientific-mm")
+
+
+@pytest.fixture
+def office_dir():
+    """`../shared/data/amazon-office` (LC-Rec / LETTER JSON)."""
+    return _dataset_dir("amazon-office")
