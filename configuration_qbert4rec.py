@@ -1,0 +1,112 @@
+"""Configuration of Q-Bert4Rec (Huang & Gai, arXiv 2512.02474): hyperparameters only, validated on creation."""
+
+from transformers import PretrainedConfig
+
+
+class QBert4RecConfig(PretrainedConfig):
+    r"""Configuration for [`QBert4RecModel`] and [`QBert4RecForMaskedItemModeling`].
+
+    Every item is a tuple of `num_codebooks` codes (its semantic ID; the last level disambiguates items whose other
+    codes collide). Token id of level `l`'s code `c` is `num_special_tokens + l * codebook_size + c`.
+
+    Args:
+        num_codebooks (`int`, defaults to 4): levels of a semantic ID, the disambiguation level included.
+        codebook_size (`int`, defaults to 256): codes per level.
+        num_items (`int`, defaults to 1): items in the catalogue the model scores (rows of its item-code table).
+        num_special_tokens (`int`, defaults to 4): ids below this are special tokens (`[PAD]`, `[MASK]`, `[UNK]`, `[SEP]`).
+        hidden_size (`int`, defaults to 64): width of the encoder.
+        num_hidden_layers (`int`, defaults to 2): Transformer layers.
+        num_attention_heads (`int`, defaults to 2): attention heads; must divide `hidden_size`.
+        intermediate_size (`int`, defaults to 256): width of the feed-forward layer.
+        hidden_act (`str`, defaults to `"gelu"`): activation of the feed-forward layer (`"gelu"` or `"relu"`).
+        hidden_dropout_prob (`float`, defaults to 0.2): dropout on embeddings and residual branches.
+        attention_probs_dropout_prob (`float`, defaults to 0.2): dropout on attention weights.
+        max_position_embeddings (`int`, defaults to 51): positions; the history holds at most this minus one items,
+            because inference appends one `[MASK]` position.
+        initializer_range (`float`, defaults to 0.02): standard deviation of the normal initialiser.
+        layer_norm_eps (`float`, defaults to 1e-12): epsilon of the layer norms.
+        use_item_embedding (`bool`, defaults to `False`): add a learned item-ID embedding to the code embeddings.
+        pad_token_id (`int`, defaults to 0), mask_token_id (`int`, defaults to 1), unk_token_id (`int`, defaults to 2),
+        sep_token_id (`int`, defaults to 3): special token ids, all below `num_special_tokens`.
+    """
+
+    model_type = "qbert4rec"
+
+    def __init__(
+        self,
+        num_codebooks: int = 4,
+        codebook_size: int = 256,
+        num_items: int = 1,
+        num_special_tokens: int = 4,
+        hidden_size: int = 64,
+        num_hidden_layers: int = 2,
+        num_attention_heads: int = 2,
+        intermediate_size: int = 256,
+        hidden_act: str = "gelu",
+        hidden_dropout_prob: float = 0.2,
+        attention_probs_dropout_prob: float = 0.2,
+        max_position_embeddings: int = 51,
+        initializer_range: float = 0.02,
+        layer_norm_eps: float = 1e-12,
+        use_item_embedding: bool = False,
+        pad_token_id: int = 0,
+        mask_token_id: int = 1,
+        unk_token_id: int = 2,
+        sep_token_id: int = 3,
+        **kwargs,
+    ):
+        positive = {
+            "num_codebooks": num_codebooks,
+            "codebook_size": codebook_size,
+            "num_items": num_items,
+            "num_special_tokens": num_special_tokens,
+            "hidden_size": hidden_size,
+            "num_hidden_layers": num_hidden_layers,
+            "num_attention_heads": num_attention_heads,
+            "intermediate_size": intermediate_size,
+        }
+        for name, value in positive.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if max_position_embeddings < 2:
+            raise ValueError(
+                f"max_position_embeddings must be at least 2 (one history item plus the [MASK] position), "
+                f"got {max_position_embeddings}"
+            )
+        if hidden_size % num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({hidden_size}) must be a multiple of num_attention_heads ({num_attention_heads})"
+            )
+        for name, p in (("hidden_dropout_prob", hidden_dropout_prob), ("attention_probs_dropout_prob", attention_probs_dropout_prob)):
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {p}")
+        if hidden_act not in ("gelu", "relu"):
+            raise ValueError(f"hidden_act must be 'gelu' or 'relu', got {hidden_act!r}")
+        specials = {"pad_token_id": pad_token_id, "mask_token_id": mask_token_id, "unk_token_id": unk_token_id, "sep_token_id": sep_token_id}
+        for name, value in specials.items():
+            if not 0 <= value < num_special_tokens:
+                raise ValueError(f"{name} ({value}) must be in [0, num_special_tokens={num_special_tokens})")
+        if len(set(specials.values())) != len(specials):
+            raise ValueError(f"special token ids must be distinct, got {specials}")
+
+        self.num_codebooks = num_codebooks
+        self.codebook_size = codebook_size
+        self.num_items = num_items
+        self.num_special_tokens = num_special_tokens
+        self.vocab_size = num_special_tokens + num_codebooks * codebook_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.max_position_embeddings = max_position_embeddings
+        self.initializer_range = initializer_range
+        self.layer_norm_eps = layer_norm_eps
+        self.use_item_embedding = use_item_embedding
+        self.mask_token_id = mask_token_id
+        self.unk_token_id = unk_token_id
+        self.sep_token_id = sep_token_id
+        kwargs.pop("vocab_size", None)  # derived above; present when a saved config is reloaded
+        super().__init__(pad_token_id=pad_token_id, **kwargs)

@@ -1,0 +1,363 @@
+"""Q-Bert4Rec: a bidirectional Transformer over semantic-ID sequences (Huang & Gai, arXiv 2512.02474).
+
+Differences from BERT4Rec (Sun et al., CIKM 2019):
+- an item is not one embedding row but the sum of its `num_codebooks` code embeddings (one span of the vocabulary
+  per level), optionally plus a learned item-ID embedding;
+- the head predicts each level's code at masked positions, tied to the code embeddings;
+- an item's score is the sum over levels of the log-probability of its code, computed for the whole catalogue at
+  once from the item-code table kept as the buffer `item_codes`: an exact full ranking, no beam search;
+- positions count back from the newest item, so the `[MASK]` appended for next-item prediction always has
+  position 0 and left padding changes nothing;
+- pre-LayerNorm blocks (nanoGPT) with `scaled_dot_product_attention`.
+The model never masks: masking strategies live in `training/masking.py`.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.utils import ModelOutput
+
+try:  # inside a checkpoint (remote code) the files form a package
+    from .configuration_qbert4rec import QBert4RecConfig
+except ImportError:  # installed as flat modules (pip install -e .)
+    from configuration_qbert4rec import QBert4RecConfig
+
+
+class QBert4RecEmbeddings(nn.Module):
+    """Sum of code embeddings (+ item-ID embedding) + position embedding, then LayerNorm and dropout."""
+
+    def __init__(self, config: QBert4RecConfig):
+        super().__init__()
+        self.code_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        # Rows num_items and num_items + 1 are padding and [MASK].
+        self.item_embeddings = (
+            nn.Embedding(config.num_items + 2, config.hidden_size, padding_idx=config.num_items)
+            if config.use_item_embedding
+            else None
+        )
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids, attention_mask, item_indices=None):
+        """`input_ids` `(B, T, L)`, `attention_mask` `(B, T)`, `item_indices` `(B, T)` -> `(B, T, H)`."""
+        embeddings = self.code_embeddings(input_ids).sum(dim=2)  # (B, T, L, H) -> (B, T, H)
+        if self.item_embeddings is not None:
+            if item_indices is None:
+                raise ValueError("this model adds item-ID embeddings (use_item_embedding=True): pass item_indices")
+            embeddings = embeddings + self.item_embeddings(item_indices)
+        # Position 0 is the newest item; padding positions get 0 too, but they are never attended to.
+        from_end = attention_mask.flip(1).cumsum(1).flip(1) - 1  # (B, T)
+        position_ids = from_end.clamp(0, self.position_embeddings.num_embeddings - 1)
+        embeddings = embeddings + self.position_embeddings(position_ids)
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class QBert4RecSelfAttention(nn.Module):
+    def __init__(self, config: QBert4RecConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.output = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_prob = config.attention_probs_dropout_prob
+
+    def forward(self, hidden_states, key_mask):
+        """`hidden_states` `(B, T, H)`, `key_mask` `(B, 1, 1, T)` bool (True = attend) -> `(B, T, H)`."""
+        B, T, H = hidden_states.shape
+        q, k, v = self.qkv(hidden_states).split(H, dim=2)
+        q, k, v = (x.view(B, T, self.num_heads, H // self.num_heads).transpose(1, 2) for x in (q, k, v))  # (B, nh, T, hs)
+        dropout = self.dropout_prob if self.training else 0.0
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout)  # (B, nh, T, hs)
+        return self.output(context.transpose(1, 2).reshape(B, T, H))
+
+
+class QBert4RecLayer(nn.Module):
+    """Pre-LN Transformer block: x + Attn(LN(x)), then x + FFN(LN(x))."""
+
+    def __init__(self, config: QBert4RecConfig):
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = QBert4RecSelfAttention(config)
+        self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.ffn = nn.Sequential(
+            nn.Linear(config.hidden_size, config.intermediate_size),
+            nn.GELU() if config.hidden_act == "gelu" else nn.ReLU(),
+            nn.Linear(config.intermediate_size, config.hidden_size),
+        )
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states, key_mask):
+        hidden_states = hidden_states + self.dropout(self.attention(self.attention_norm(hidden_states), key_mask))
+        return hidden_states + self.dropout(self.ffn(self.ffn_norm(hidden_states)))
+
+
+class QBert4RecEncoder(nn.Module):
+    def __init__(self, config: QBert4RecConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(QBert4RecLayer(config) for _ in range(config.num_hidden_layers))
+        self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states, attention_mask):
+        """`hidden_states` `(B, T, H)`, `attention_mask` `(B, T)` -> `(B, T, H)`."""
+        valid = attention_mask.bool()
+        # A row with no item at all attends everywhere (its output is never used) rather than producing NaN.
+        valid = valid | ~valid.any(dim=1, keepdim=True)
+        key_mask = valid[:, None, None, :]  # (B, 1, 1, T)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, key_mask)
+        return self.final_norm(hidden_states)
+
+
+class QBert4RecPredictionHead(nn.Module):
+    """Dense + activation + LayerNorm, then per-level code logits tied to the code embeddings."""
+
+    def __init__(self, config: QBert4RecConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.GELU() if config.hidden_act == "gelu" else nn.ReLU()
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.num_codebooks, config.codebook_size))
+        self.num_special_tokens = config.num_special_tokens
+        self.num_codebooks = config.num_codebooks
+        self.codebook_size = config.codebook_size
+
+    def forward(self, hidden_states, code_embedding_weight):
+        """`hidden_states` `(..., H)`, `code_embedding_weight` `(vocab_size, H)` -> logits `(..., L, K)`."""
+        hidden_states = self.LayerNorm(self.activation(self.dense(hidden_states)))
+        codes = code_embedding_weight[self.num_special_tokens :]  # (L * K, H), level-major
+        logits = F.linear(hidden_states, codes)  # (..., L * K)
+        return logits.view(*logits.shape[:-1], self.num_codebooks, self.codebook_size) + self.bias
+
+
+class QBert4RecPreTrainedModel(PreTrainedModel):
+    config_class = QBert4RecConfig
+    base_model_prefix = "qbert4rec"
+    supports_gradient_checkpointing = False
+    _no_split_modules = ["QBert4RecLayer"]
+    _supports_sdpa = True
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, QBert4RecPredictionHead) and not getattr(module.bias, "_is_hf_initialized", False):
+            with torch.no_grad():
+                module.bias.zero_()
+
+
+@dataclass
+class QBert4RecMaskedItemOutput(ModelOutput):
+    """Output of [`QBert4RecForMaskedItemModeling`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, with `labels`): mean cross-entropy over levels and masked positions.
+        logits (`torch.FloatTensor`): per-level code logits, `(num_masked, num_codebooks, codebook_size)` at the
+            labelled positions when `labels` is given, else `(batch, seq_len, num_codebooks, codebook_size)`.
+        last_hidden_state (`torch.FloatTensor` of shape `(batch, seq_len, hidden_size)`): encoder output.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+
+
+@dataclass
+class QBert4RecRecommendationOutput(ModelOutput):
+    """Output of [`QBert4RecForMaskedItemModeling.recommend`].
+
+    Args:
+        item_indices (`torch.LongTensor` of shape `(batch, top_k)`): recommended item indices, best first
+            (`tokenizer.decode_items` turns them into item ids).
+        scores (`torch.FloatTensor` of shape `(batch, top_k)`): their scores (sum of per-level code log-probabilities).
+    """
+
+    item_indices: torch.LongTensor | None = None
+    scores: torch.FloatTensor | None = None
+
+
+class QBert4RecModel(QBert4RecPreTrainedModel):
+    """The bare encoder: semantic-ID sequences -> hidden states `(batch, seq_len, hidden_size)`."""
+
+    def __init__(self, config: QBert4RecConfig):
+        super().__init__(config)
+        self.embeddings = QBert4RecEmbeddings(config)
+        self.encoder = QBert4RecEncoder(config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings.code_embeddings
+
+    def forward(self, input_ids, attention_mask=None, item_indices=None, **kwargs):
+        """`input_ids` `(B, T, L)` token ids, `attention_mask` `(B, T)`, `item_indices` `(B, T)` -> `BaseModelOutput`."""
+        if input_ids.dim() != 3 or input_ids.shape[-1] != self.config.num_codebooks:
+            raise ValueError(
+                f"input_ids must have shape (batch, seq_len, num_codebooks={self.config.num_codebooks}), "
+                f"got {tuple(input_ids.shape)}"
+            )
+        if input_ids.shape[1] > self.config.max_position_embeddings:
+            raise ValueError(
+                f"sequence of {input_ids.shape[1]} positions exceeds max_position_embeddings="
+                f"{self.config.max_position_embeddings}"
+            )
+        if attention_mask is None:
+            attention_mask = (input_ids[..., 0] != self.config.pad_token_id).long()
+        hidden_states = self.embeddings(input_ids, attention_mask, item_indices)
+        return BaseModelOutput(last_hidden_state=self.encoder(hidden_states, attention_mask))
+
+
+class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
+    """Encoder + per-level code heads; trains on masked positions and ranks the whole catalogue."""
+
+    def __init__(self, config: QBert4RecConfig):
+        super().__init__(config)
+        self.qbert4rec = QBert4RecModel(config)
+        self.head = QBert4RecPredictionHead(config)
+        # The catalogue: codes of every item in index order, saved with the weights.
+        self.register_buffer("item_codes", torch.zeros(config.num_items, config.num_codebooks, dtype=torch.long))
+        self.post_init()
+
+    def set_item_codes(self, item_codes):
+        """Install the catalogue `(num_items, num_codebooks)` of codes (e.g. `tokenizer.item_codes`)."""
+        item_codes = torch.as_tensor(item_codes, dtype=torch.long)
+        expected = (self.config.num_items, self.config.num_codebooks)
+        if tuple(item_codes.shape) != expected:
+            raise ValueError(f"item_codes must have shape {expected}, got {tuple(item_codes.shape)}")
+        if item_codes.min() < 0 or item_codes.max() >= self.config.codebook_size:
+            raise ValueError(f"item codes must lie in [0, codebook_size={self.config.codebook_size})")
+        self.item_codes.copy_(item_codes)
+
+    def check_tokenizer(self, tokenizer):
+        """Raise `ValueError` unless `tokenizer` was built for this model's item table."""
+        shape = (tokenizer.num_items, tokenizer.num_codebooks, tokenizer.codebook_size)
+        expected = (self.config.num_items, self.config.num_codebooks, self.config.codebook_size)
+        if shape != expected or not torch.equal(tokenizer.item_codes, self.item_codes.cpu()):
+            raise ValueError(
+                "tokenizer and model were built for different item tables (tokenizer: "
+                f"{shape[0]} items x {shape[1]} codes of {shape[2]}; model: {expected[0]} x {expected[1]} of "
+                f"{expected[2]}{'; same shapes but different codes' if shape == expected else ''}): "
+                "load both from the same checkpoint"
+            )
+
+    @property
+    def item_token_ids(self):
+        """`(num_items, num_codebooks)` token ids of every item's codes."""
+        offsets = self.config.num_special_tokens + self.config.codebook_size * torch.arange(
+            self.config.num_codebooks, device=self.item_codes.device
+        )
+        return self.item_codes + offsets
+
+    def _check_item_table(self, input_ids, item_indices):
+        """Refuse inputs whose codes disagree with this model's table (a tokenizer from another run)."""
+        if item_indices is None:
+            return
+        real = item_indices < self.config.num_items
+        if (item_indices < 0).any() or (item_indices > self.config.num_items + 1).any():
+            raise ValueError(
+                f"item_indices outside [0, {self.config.num_items + 1}]: the tokenizer was built for a different "
+                f"item table than this model ({self.config.num_items} items)"
+            )
+        expected = self.item_token_ids[item_indices.clamp(max=self.config.num_items - 1)]
+        if not torch.equal(expected[real], input_ids[real]):
+            raise ValueError(
+                "input_ids do not match this model's item table: the tokenizer was built for a different item "
+                "table (another run or catalogue); load the tokenizer from the same checkpoint as the model"
+            )
+
+    def forward(self, input_ids, attention_mask=None, item_indices=None, labels=None, **kwargs):
+        """Masked item modelling.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch, seq_len, num_codebooks)`): code token ids, `[MASK]` at
+                every level of masked positions, `[PAD]` at padding.
+            attention_mask (`torch.LongTensor` of shape `(batch, seq_len)`): 1 for items (masked or not), 0 for padding.
+            item_indices (`torch.LongTensor` of shape `(batch, seq_len)`, *optional*): item index per position
+                (padding `num_items`, masked `num_items + 1`); needed with `use_item_embedding`.
+            labels (`torch.LongTensor` of shape `(batch, seq_len, num_codebooks)`, *optional*): original token ids at
+                masked positions, -100 elsewhere.
+        """
+        hidden = self.qbert4rec(input_ids, attention_mask, item_indices).last_hidden_state  # (B, T, H)
+        weight = self.qbert4rec.embeddings.code_embeddings.weight
+        if labels is None:
+            return QBert4RecMaskedItemOutput(logits=self.head(hidden, weight), last_hidden_state=hidden)
+        if labels.shape != input_ids.shape:
+            raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
+        labelled = labels[..., 0] != -100  # (B, T)
+        logits = self.head(hidden[labelled], weight)  # (M, L, K): only labelled positions (sparse prediction)
+        offsets = self.config.num_special_tokens + self.config.codebook_size * torch.arange(
+            self.config.num_codebooks, device=labels.device
+        )
+        targets = labels[labelled] - offsets  # (M, L) codes
+        if labelled.any() and ((targets < 0) | (targets >= self.config.codebook_size)).any():
+            raise ValueError("labels must be code token ids (or -100): found a special token or a code of another level")
+        loss = F.cross_entropy(logits.reshape(-1, self.config.codebook_size), targets.reshape(-1))
+        return QBert4RecMaskedItemOutput(loss=loss, logits=logits, last_hidden_state=hidden)
+
+    def _append_mask(self, input_ids, attention_mask, item_indices):
+        """Append one `[MASK]` position after each (left-padded) history."""
+        B = input_ids.shape[0]
+        if attention_mask is None:
+            attention_mask = (input_ids[..., 0] != self.config.pad_token_id).long()
+        lengths = attention_mask.sum(1)
+        if (attention_mask[:, -1] == 0).logical_and(lengths > 0).any():
+            raise ValueError("histories must be left-padded (newest item last), as the SemanticIdTokenizer returns them")
+        mask_ids = input_ids.new_full((B, 1, self.config.num_codebooks), self.config.mask_token_id)
+        input_ids = torch.cat([input_ids, mask_ids], dim=1)[:, -self.config.max_position_embeddings :]
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)[
+            :, -self.config.max_position_embeddings :
+        ]
+        if item_indices is not None:
+            masked = item_indices.new_full((B, 1), self.config.num_items + 1)
+            item_indices = torch.cat([item_indices, masked], dim=1)[:, -self.config.max_position_embeddings :]
+        return input_ids, attention_mask, item_indices
+
+    def score_items(self, input_ids, attention_mask=None, item_indices=None, **kwargs):
+        """Score every item as the next one after each history.
+
+        Args:
+            input_ids (`(batch, seq_len, num_codebooks)`), attention_mask (`(batch, seq_len)`), item_indices
+                (`(batch, seq_len)`): left-padded histories, as returned by the tokenizer.
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch, num_items)`: sum over levels of each item's code log-probability.
+        """
+        self._check_item_table(input_ids, item_indices)
+        input_ids, attention_mask, item_indices = self._append_mask(input_ids, attention_mask, item_indices)
+        hidden = self.qbert4rec(input_ids, attention_mask, item_indices).last_hidden_state[:, -1]  # (B, H)
+        log_probs = self.head(hidden, self.qbert4rec.embeddings.code_embeddings.weight).log_softmax(-1)  # (B, L, K)
+        scores = log_probs.new_zeros(log_probs.shape[0], self.config.num_items)
+        for level in range(self.config.num_codebooks):
+            scores += log_probs[:, level, self.item_codes[:, level]]  # (B, num_items)
+        return scores
+
+    @torch.no_grad()
+    def recommend(self, input_ids, attention_mask=None, item_indices=None, top_k=10, exclude_history=False, **kwargs):
+        """Top-k next items for a batch of histories.
+
+        Args:
+            input_ids, attention_mask, item_indices: the tokenizer's output (left-padded histories).
+            top_k (`int`): items to return per history.
+            exclude_history (`bool`): never recommend an item already in the history (needs `item_indices`).
+
+        Returns:
+            [`QBert4RecRecommendationOutput`] with `item_indices` and `scores`, each `(batch, top_k)`.
+        """
+        if not 1 <= top_k <= self.config.num_items:
+            raise ValueError(f"top_k must be in [1, num_items={self.config.num_items}], got {top_k}")
+        scores = self.score_items(input_ids, attention_mask, item_indices)
+        if exclude_history:
+            if item_indices is None:
+                raise ValueError("exclude_history=True needs item_indices (the tokenizer returns them)")
+            seen = item_indices.clamp(max=self.config.num_items)  # padding and [MASK] -> the extra column
+            extra = torch.zeros_like(scores[:, :1])
+            scores = torch.cat([scores, extra], dim=1).scatter(1, seen, -math.inf)[:, :-1]
+        top = scores.topk(top_k, dim=1)
+        return QBert4RecRecommendationOutput(item_indices=top.indices, scores=top.values)
+
+
+# save_pretrained writes `auto_map` and copies these files, so `AutoModel.from_pretrained(..., trust_remote_code=True)`
+# returns the model with `recommend`.
+QBert4RecConfig.register_for_auto_class()
+QBert4RecForMaskedItemModeling.register_for_auto_class("AutoModel")
