@@ -67,7 +67,8 @@ def parse_args(argv, *dataclass_types, section: str | None = None, description: 
                 f"Allowed: {', '.join(sorted(allowed))}"
             )
         parser.set_defaults(**values)
-    *instances, namespace_rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    if namespace_rest:
-        parser.error(f"unrecognised arguments: {' '.join(namespace_rest)}")
-    return tuple(instances)
+    *outputs, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if remaining:
+        parser.error(f"unrecognised arguments: {' '.join(remaining)}")
+    # The last output is the namespace holding `--config`, which is not a dataclass.
+    return tuple(o for o in outputs if dataclasses.is_dataclass(o))

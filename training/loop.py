@@ -1,0 +1,221 @@
+"""The training loop shared by `pretrain.py` and `finetune.py` (after accelerate's `run_mlm_no_trainer`).
+
+One epoch = one pass over the training sequences. After each epoch: validation (full ranking, NDCG@10 selects),
+the best weights saved as a `save_pretrained` folder, and `accelerator.save_state` so a killed run resumes exactly
+(`--resume_from_checkpoint`): model, optimizer, scheduler, RNG states, the data order (seedable sampler) and the
+early-stopping state all come back, and masks are drawn from (seed, epoch, batch), so the resumed run matches an
+uninterrupted one of the same seed.
+"""
+
+import json
+import math
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from training.evaluate import evaluate_model
+
+CHECKPOINTS = "checkpoints"
+BEST = "best"
+
+
+@dataclass
+class LoopArgs:
+    """Optimisation settings shared by pretraining and fine-tuning."""
+
+    output_dir: str = field(default="outputs/run", metadata={"help": "where checkpoints, logs and the final model go"})
+    seed: int = field(default=42, metadata={"help": "random seed (data order, masks, init, dropout)"})
+    num_epochs: int = field(default=50, metadata={"help": "maximum epochs"})
+    batch_size: int = field(default=256, metadata={"help": "sequences per optimisation step (per process)"})
+    eval_batch_size: int = field(default=1024, metadata={"help": "histories per evaluation batch"})
+    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "fraction of steps with linear warm-up"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimiser step"})
+    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (Accelerate)"})
+    patience: int = field(default=5, metadata={"help": "epochs without validation NDCG@10 gain before stopping"})
+    eval_every: int = field(default=1, metadata={"help": "validate (and checkpoint) every this many epochs"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "newest save_state checkpoints kept"})
+    resume_from_checkpoint: str = field(
+        default=None, metadata={"help": "a checkpoint folder, or 'latest' for the newest one under output_dir"}
+    )
+    max_train_sequences: int = field(default=None, metadata={"help": "use only this many training sequences (smoke runs)"})
+    max_eval_users: int = field(default=None, metadata={"help": "validate on only this many users (faster selection)"})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
+    report_to: str = field(default="tensorboard", metadata={"help": "Accelerate tracker (tensorboard, none)"})
+
+
+class EarlyStopping:
+    """Best validation score, its epoch and the patience count; checkpointed with the run."""
+
+    def __init__(self, patience: int):
+        self.patience, self.best, self.best_epoch, self.bad_epochs, self.history = patience, -math.inf, -1, 0, []
+
+    def update(self, epoch: int, score: float) -> bool:
+        """Record `score`; True when it is the best so far."""
+        self.history.append({"epoch": epoch, "score": score})
+        if score > self.best:
+            self.best, self.best_epoch, self.bad_epochs = score, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+    def state_dict(self):
+        return {k: getattr(self, k) for k in ("patience", "best", "best_epoch", "bad_epochs", "history")}
+
+    def load_state_dict(self, state):
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
+class EpochCounter:
+    """The next epoch to run, checkpointed so a resumed run knows where it stopped."""
+
+    def __init__(self):
+        self.next_epoch = 0
+
+    def state_dict(self):
+        return {"next_epoch": self.next_epoch}
+
+    def load_state_dict(self, state):
+        self.next_epoch = state["next_epoch"]
+
+
+def make_accelerator(args: LoopArgs, project_name: str) -> Accelerator:
+    """An `Accelerator` with a seedable sampler (reproducible, resumable data order) and optional trackers."""
+    log_with = None if args.report_to in (None, "", "none") else args.report_to
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=log_with,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=str(Path(args.output_dir) / "logs")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    set_seed(args.seed)
+    if log_with:
+        config = {k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers(project_name, config=config)
+    return accelerator
+
+
+def find_checkpoint(output_dir: str, resume_from_checkpoint: str | None) -> Path | None:
+    """The checkpoint folder to resume from (`'latest'` = newest under `output_dir/checkpoints`), or None."""
+    if not resume_from_checkpoint:
+        return None
+    if resume_from_checkpoint != "latest":
+        path = Path(resume_from_checkpoint)
+        if not path.is_dir():
+            raise FileNotFoundError(f"--resume_from_checkpoint: no checkpoint folder at {path}")
+        return path
+    checkpoints = sorted((Path(output_dir) / CHECKPOINTS).glob("epoch_*"), key=lambda p: int(p.name.split("_")[1]))
+    return checkpoints[-1] if checkpoints else None
+
+
+def _prune_checkpoints(output_dir: str, keep: int):
+    checkpoints = sorted((Path(output_dir) / CHECKPOINTS).glob("epoch_*"), key=lambda p: int(p.name.split("_")[1]))
+    for old in checkpoints[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def train(model, tokenizer, train_dataset, collator, eval_loader, args: LoopArgs, accelerator: Accelerator):
+    """Train `model` on `train_dataset` batches made by `collator`; select on `eval_loader` by validation NDCG@10.
+
+    `collator.set_epoch(epoch)` (when present) is called before each epoch so masks depend on (seed, epoch, batch).
+    Returns the early-stopping record; the best weights are in `output_dir/best` (model + tokenizer).
+    """
+    output_dir = Path(args.output_dir)
+    train_loader = DataLoader(
+        train_dataset, batch_size=args.batch_size, shuffle=True, collate_fn=collator, num_workers=args.num_workers
+    )
+    no_decay = ("bias", "LayerNorm.weight", "norm.weight")
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)], "weight_decay": args.weight_decay},
+        {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate)
+    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    total_steps = max(1, steps_per_epoch * args.num_epochs)
+    warmup = int(args.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / max(1, warmup), max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
+    )
+    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    stopping, epochs = EarlyStopping(args.patience), EpochCounter()
+    accelerator.register_for_checkpointing(stopping, epochs)
+
+    checkpoint = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    if checkpoint is not None:
+        accelerator.print(f"resuming from {checkpoint}")
+        accelerator.load_state(str(checkpoint))
+    elif args.resume_from_checkpoint == "latest":
+        accelerator.print(f"no checkpoint under {output_dir / CHECKPOINTS}: starting from scratch")
+
+    for epoch in range(epochs.next_epoch, args.num_epochs):
+        if stopping.should_stop:
+            break
+        model.train()
+        if hasattr(collator, "set_epoch"):
+            collator.set_epoch(epoch)
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
+        total_loss, batches = 0.0, 0
+        progress = tqdm(train_loader, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process, leave=False)
+        for batch in progress:
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                if not torch.isfinite(loss):
+                    last = find_checkpoint(args.output_dir, "latest")
+                    raise FloatingPointError(
+                        f"loss became {loss.item()} at epoch {epoch}, batch {batches}: stopping. The last good "
+                        f"checkpoint is {last if last else 'none (no epoch finished yet)'}; lower the learning rate "
+                        "or use mixed_precision=no"
+                    )
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            total_loss += loss.item()
+            batches += 1
+            progress.set_postfix(loss=f"{total_loss / batches:.4f}")
+        epochs.next_epoch = epoch + 1
+        log = {"train/loss": total_loss / max(1, batches), "train/lr": scheduler.get_last_lr()[0]}
+
+        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.num_epochs:
+            metrics = evaluate_model(accelerator.unwrap_model(model), eval_loader, accelerator=accelerator)
+            log.update({f"validation/{k}": v for k, v in metrics.items() if isinstance(v, float)})
+            if stopping.update(epoch, metrics["ndcg@10"]):
+                save_final(accelerator, model, tokenizer, output_dir / BEST)
+            accelerator.print(
+                f"epoch {epoch}: loss {log['train/loss']:.4f}  val N@10 {metrics['ndcg@10']:.4f} R@10 "
+                f"{metrics['recall@10']:.4f}  (best {stopping.best:.4f} at epoch {stopping.best_epoch})"
+            )
+            accelerator.save_state(str(output_dir / CHECKPOINTS / f"epoch_{epoch}"))
+            if accelerator.is_main_process:
+                _prune_checkpoints(args.output_dir, args.keep_checkpoints)
+        accelerator.log(log, step=epoch)
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        (output_dir / "training_history.json").write_text(json.dumps(stopping.state_dict(), indent=2))
+    return stopping
+
+
+def save_final(accelerator: Accelerator, model, tokenizer, path: Path):
+    """`save_pretrained` folder with model, tokenizer and the remote-code files."""
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.save_pretrained(path, is_main_process=accelerator.is_main_process, save_function=accelerator.save)
+    if accelerator.is_main_process:
+        tokenizer.save_pretrained(path)

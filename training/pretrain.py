@@ -1,0 +1,144 @@
+"""Stage 3a: multi-mask pretraining of Q-Bert4Rec on semantic-ID sequences.
+
+    accelerate launch training/pretrain.py --config configs/beauty.yaml \
+        --dataset_dir outputs/beauty/data --semantic_ids_dir outputs/beauty/semantic_ids --output_dir outputs/beauty/pretrain
+
+Each training sequence is masked by a strategy drawn per sequence (cloze, span, tail, multi-region; see
+`training/masking.py`); the model predicts every level's code at masked positions. Validation ranks all items for
+each user's validation target; the best epoch by NDCG@10 is saved to `OUTPUT_DIR/final` (model + tokenizer).
+Cross-domain: `--extra_dataset_dirs` / `--extra_semantic_ids_dirs` add other datasets' training sequences (each
+with its own semantic IDs; the code vocabulary is shared); validation uses the main dataset.
+"""
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from datasets import concatenate_datasets
+
+if __package__ in (None, ""):  # `python training/pretrain.py` / `accelerate launch training/pretrain.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from configuration_qbert4rec import QBert4RecConfig
+from modeling_qbert4rec import QBert4RecForMaskedItemModeling
+from tokenization_semantic_id import SemanticIdTokenizer
+from training.config import parse_args
+from training.loop import BEST, LoopArgs, make_accelerator, save_final, train
+from training.masking import HistoryCollator, MultiMaskCollator
+from training.sequences import encode_split, eval_loader, load_sequences
+
+
+@dataclass
+class ModelArgs:
+    """Architecture of the model created for pretraining (see `QBert4RecConfig`)."""
+
+    hidden_size: int = field(default=64, metadata={"help": "encoder width"})
+    num_hidden_layers: int = field(default=2, metadata={"help": "Transformer layers"})
+    num_attention_heads: int = field(default=2, metadata={"help": "attention heads"})
+    intermediate_size: int = field(default=256, metadata={"help": "feed-forward width"})
+    hidden_dropout_prob: float = field(default=0.2, metadata={"help": "dropout on embeddings and residuals"})
+    attention_probs_dropout_prob: float = field(default=0.2, metadata={"help": "dropout on attention weights"})
+    max_len: int = field(default=50, metadata={"help": "positions per sequence (history + [MASK])"})
+    use_item_embedding: bool = field(default=False, metadata={"help": "add an item-ID embedding to the codes"})
+
+
+@dataclass
+class PretrainArgs:
+    dataset_dir: str = field(default=None, metadata={"help": "prepared dataset folder (prepare_data.py)"})
+    semantic_ids_dir: str = field(default=None, metadata={"help": "SemanticIdTokenizer folder (quantize.py)"})
+    extra_dataset_dirs: str = field(default="", metadata={"help": "comma-separated extra datasets (cross-domain)"})
+    extra_semantic_ids_dirs: str = field(default="", metadata={"help": "their tokenizer folders, same order"})
+    cloze_prob: float = field(default=0.4, metadata={"help": "probability a sequence gets cloze masking"})
+    span_prob: float = field(default=0.2, metadata={"help": "probability of span masking"})
+    tail_prob: float = field(default=0.2, metadata={"help": "probability of tail masking"})
+    multi_region_prob: float = field(default=0.2, metadata={"help": "probability of multi-region masking"})
+    cloze_ratio: float = field(default=0.2, metadata={"help": "fraction of items cloze masks"})
+    span_ratio: float = field(default=0.2, metadata={"help": "length of the span as a fraction of the sequence"})
+    tail_ratio: float = field(default=0.2, metadata={"help": "fraction of newest items tail masks"})
+    multi_region_ratio: float = field(default=0.3, metadata={"help": "fraction masked by multi-region"})
+    num_regions: int = field(default=3, metadata={"help": "most regions of multi-region masking"})
+
+
+def build_model(model_args: ModelArgs, tokenizer: SemanticIdTokenizer) -> QBert4RecForMaskedItemModeling:
+    """A fresh model whose item table is the tokenizer's."""
+    config = QBert4RecConfig(
+        num_codebooks=tokenizer.num_codebooks,
+        codebook_size=tokenizer.codebook_size,
+        num_items=tokenizer.num_items,
+        hidden_size=model_args.hidden_size,
+        num_hidden_layers=model_args.num_hidden_layers,
+        num_attention_heads=model_args.num_attention_heads,
+        intermediate_size=model_args.intermediate_size,
+        hidden_dropout_prob=model_args.hidden_dropout_prob,
+        attention_probs_dropout_prob=model_args.attention_probs_dropout_prob,
+        max_position_embeddings=model_args.max_len,
+        use_item_embedding=model_args.use_item_embedding,
+    )
+    model = QBert4RecForMaskedItemModeling(config)
+    model.set_item_codes(tokenizer.item_codes)
+    return model
+
+
+def training_sequences(args: PretrainArgs, tokenizer, loop_args: LoopArgs, use_item_embedding: bool):
+    """The main dataset's training sequences plus the extra datasets', as item indices into one combined code table.
+
+    Returns `(dataset with item_indices, item_codes (num_all_items, L))`; extra datasets' indices are offset."""
+    extra_data = [d for d in args.extra_dataset_dirs.split(",") if d]
+    extra_sids = [d for d in args.extra_semantic_ids_dirs.split(",") if d]
+    if len(extra_data) != len(extra_sids):
+        raise ValueError(f"{len(extra_data)} extra datasets but {len(extra_sids)} extra semantic-ID folders")
+    if extra_data and use_item_embedding:
+        raise ValueError("cross-domain pretraining shares codes, not item ids: use_item_embedding must be False")
+    train = encode_split(load_sequences(args.dataset_dir)["train"], tokenizer)
+    parts, tables, offset = [train], [tokenizer.item_codes], tokenizer.num_items
+    for data_dir, sid_dir in zip(extra_data, extra_sids):
+        extra_tokenizer = SemanticIdTokenizer.from_pretrained(sid_dir)
+        if (extra_tokenizer.num_codebooks, extra_tokenizer.codebook_size) != (tokenizer.num_codebooks, tokenizer.codebook_size):
+            raise ValueError(f"{sid_dir}: semantic IDs of another shape than {args.semantic_ids_dir}")
+        extra = encode_split(load_sequences(data_dir)["train"], extra_tokenizer)
+        shift = offset
+        parts.append(extra.map(lambda row: {"item_indices": [i + shift for i in row["item_indices"]]}))
+        tables.append(extra_tokenizer.item_codes)
+        offset += extra_tokenizer.num_items
+    dataset = concatenate_datasets([part.select_columns(["item_indices"]) for part in parts])
+    if loop_args.max_train_sequences:
+        dataset = dataset.select(range(min(loop_args.max_train_sequences, len(dataset))))
+    return dataset, torch.cat(tables)
+
+
+def main(argv=None):
+    model_args, args, loop_args = parse_args(argv, ModelArgs, PretrainArgs, LoopArgs, section="pretrain", description=__doc__)
+    if not args.dataset_dir or not args.semantic_ids_dir:
+        raise ValueError("--dataset_dir and --semantic_ids_dir are required (or set them in the config's pretrain section)")
+    accelerator = make_accelerator(loop_args, "pretrain")
+    tokenizer = SemanticIdTokenizer.from_pretrained(args.semantic_ids_dir, max_len=model_args.max_len - 1)
+    with accelerator.main_process_first():
+        train_dataset, item_codes = training_sequences(args, tokenizer, loop_args, model_args.use_item_embedding)
+        validation = encode_split(load_sequences(args.dataset_dir)["validation"], tokenizer)
+    model = build_model(model_args, tokenizer)
+    probs = {"cloze": args.cloze_prob, "span": args.span_prob, "tail": args.tail_prob, "multi_region": args.multi_region_prob}
+    collator = MultiMaskCollator(
+        item_codes=item_codes,
+        codebook_size=tokenizer.codebook_size,
+        max_len=model_args.max_len,
+        strategy_probs={k: v for k, v in probs.items() if v > 0},
+        strategy_ratios={"cloze": args.cloze_ratio, "span": args.span_ratio, "tail": args.tail_ratio, "multi_region": args.multi_region_ratio},
+        num_regions=args.num_regions,
+        seed=loop_args.seed,
+        process_index=accelerator.process_index,
+    )
+    history_collator = HistoryCollator(item_codes=tokenizer.item_codes, codebook_size=tokenizer.codebook_size, max_len=model_args.max_len)
+    loader = eval_loader(validation, history_collator, loop_args, accelerator)
+    accelerator.print(
+        f"pretraining on {len(train_dataset)} sequences, {model.num_parameters():,} parameters, "
+        f"validating on {len(loader.dataset)} users"
+    )
+    train(model, tokenizer, train_dataset, collator, loader, loop_args, accelerator)
+    best = QBert4RecForMaskedItemModeling.from_pretrained(Path(loop_args.output_dir) / BEST)
+    save_final(accelerator, best, tokenizer, Path(loop_args.output_dir) / "final")
+    accelerator.print(f"saved {Path(loop_args.output_dir) / 'final'}")
+
+
+if __name__ == "__main__":
+    main()

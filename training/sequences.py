@@ -1,0 +1,59 @@
+"""Prepared user sequences (item ids) -> item-index datasets the collators batch."""
+
+from pathlib import Path
+
+from datasets import Dataset, DatasetDict, load_from_disk
+from torch.utils.data import DataLoader
+
+
+def load_sequences(dataset_dir) -> DatasetDict:
+    """The `sequences` DatasetDict (`train`, `validation`, `test`) of a prepared dataset folder."""
+    path = Path(dataset_dir) / "sequences"
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} not found: run training/prepare_data.py --output_dir {dataset_dir} first")
+    sequences = load_from_disk(str(path))
+    for split in ("train", "validation", "test"):
+        if split not in sequences:
+            raise ValueError(f"{path} lacks the '{split}' split")
+        if len(sequences[split]) == 0:
+            raise ValueError(f"{path}: the '{split}' split is empty")
+    return sequences
+
+
+def encode_split(split: Dataset, tokenizer) -> Dataset:
+    """Add `item_indices` (list[int]) and, where the split has targets, `target` (int) from item ids."""
+
+    def encode(batch):
+        out = {"item_indices": [tokenizer.encode_items(items) for items in batch["item_ids"]]}
+        if "target" in batch:
+            out["target"] = tokenizer.encode_items(batch["target"])
+        return out
+
+    return split.map(encode, batched=True, desc="item ids -> indices")
+
+
+def next_item_examples(train: Dataset, min_history: int = 1) -> Dataset:
+    """Every (prefix, next item) pair of the training sequences: `item_indices` = prefix, `target` = next item.
+
+    This is the fine-tuning task (tail masking of the last item) applied to every cut point of each sequence.
+    """
+
+    def expand(batch):
+        histories, targets = [], []
+        for items in batch["item_indices"]:
+            for t in range(min_history, len(items)):
+                histories.append(items[:t])
+                targets.append(items[t])
+        return {"item_indices": histories, "target": targets}
+
+    return train.map(expand, batched=True, remove_columns=train.column_names, desc="next-item examples")
+
+
+def eval_loader(split: Dataset, collator, loop_args, accelerator=None, max_users=None) -> DataLoader:
+    """A DataLoader over an encoded validation/test split (optionally its first `max_users` users)."""
+    max_users = max_users if max_users is not None else loop_args.max_eval_users
+    if max_users:
+        split = split.select(range(min(max_users, len(split))))
+    split = split.select_columns(["item_indices", "target"])
+    loader = DataLoader(split, batch_size=loop_args.eval_batch_size, shuffle=False, collate_fn=collator)
+    return accelerator.prepare_data_loader(loader) if accelerator is not None else loader
