@@ -26,6 +26,9 @@ class QBert4RecConfig(PretrainedConfig):
         initializer_range (`float`, defaults to 0.02): standard deviation of the normal initialiser.
         layer_norm_eps (`float`, defaults to 1e-12): epsilon of the layer norms.
         use_item_embedding (`bool`, defaults to `False`): add a learned item-ID embedding to the code embeddings.
+        loss_type (`str`, defaults to `"codes+items"`): training loss at masked positions: `"codes"` = cross-entropy
+            of each level's code (the paper's), `"items"` = cross-entropy over the whole catalogue of the item scores
+            used for ranking (sum over levels of the code logits), `"codes+items"` = their sum.
         pad_token_id (`int`, defaults to 0), mask_token_id (`int`, defaults to 1), unk_token_id (`int`, defaults to 2),
         sep_token_id (`int`, defaults to 3): special token ids, all below `num_special_tokens`.
     """
@@ -49,6 +52,7 @@ class QBert4RecConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         layer_norm_eps: float = 1e-12,
         use_item_embedding: bool = False,
+        loss_type: str = "codes+items",
         pad_token_id: int = 0,
         mask_token_id: int = 1,
         unk_token_id: int = 2,
@@ -82,6 +86,8 @@ class QBert4RecConfig(PretrainedConfig):
                 raise ValueError(f"{name} must be in [0, 1), got {p}")
         if hidden_act not in ("gelu", "relu"):
             raise ValueError(f"hidden_act must be 'gelu' or 'relu', got {hidden_act!r}")
+        if loss_type not in ("codes", "items", "codes+items"):
+            raise ValueError(f"loss_type must be 'codes', 'items' or 'codes+items', got {loss_type!r}")
         specials = {"pad_token_id": pad_token_id, "mask_token_id": mask_token_id, "unk_token_id": unk_token_id, "sep_token_id": sep_token_id}
         for name, value in specials.items():
             if not 0 <= value < num_special_tokens:
@@ -105,8 +111,14 @@ class QBert4RecConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         self.layer_norm_eps = layer_norm_eps
         self.use_item_embedding = use_item_embedding
+        self.loss_type = loss_type
         self.mask_token_id = mask_token_id
         self.unk_token_id = unk_token_id
         self.sep_token_id = sep_token_id
         kwargs.pop("vocab_size", None)  # derived above; present when a saved config is reloaded
         super().__init__(pad_token_id=pad_token_id, **kwargs)
+
+
+# save_pretrained writes `auto_map` and copies this file, so `AutoConfig.from_pretrained(..., trust_remote_code=True)`
+# works even for a config saved without the model.
+QBert4RecConfig.register_for_auto_class()

@@ -241,13 +241,32 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
                 "load both from the same checkpoint"
             )
 
+    def _level_offsets(self):
+        """`(num_codebooks,)` token id of code 0 of each level."""
+        levels = torch.arange(self.config.num_codebooks, device=self.item_codes.device)
+        return self.config.num_special_tokens + self.config.codebook_size * levels
+
     @property
     def item_token_ids(self):
         """`(num_items, num_codebooks)` token ids of every item's codes."""
-        offsets = self.config.num_special_tokens + self.config.codebook_size * torch.arange(
-            self.config.num_codebooks, device=self.item_codes.device
-        )
-        return self.item_codes + offsets
+        return self.item_codes + self._level_offsets()
+
+    def _item_logits(self, code_logits):
+        """Per-level code logits `(N, L, K)` -> item logits `(N, num_items)`: the sum of each item's code logits."""
+        item_logits = code_logits.new_zeros(code_logits.shape[0], self.config.num_items)
+        for level in range(self.config.num_codebooks):
+            item_logits += code_logits[:, level, self.item_codes[:, level]]  # (N, num_items)
+        return item_logits
+
+    def _items_of_codes(self, codes):
+        """Code tuples `(M, L)` -> item indices `(M,)` (-100 for a tuple outside the catalogue)."""
+        base = self.config.codebook_size ** torch.arange(self.config.num_codebooks, device=codes.device)
+        catalogue_keys = (self.item_codes * base).sum(1)  # (num_items,), unique
+        sorted_keys, order = catalogue_keys.sort()
+        keys = (codes * base).sum(1)
+        position = torch.searchsorted(sorted_keys, keys).clamp(max=len(sorted_keys) - 1)
+        found = sorted_keys[position] == keys
+        return torch.where(found, order[position], torch.full_like(keys, -100))
 
     def _check_item_table(self, input_ids, item_indices):
         """Refuse inputs whose codes disagree with this model's table (a tokenizer from another run)."""
@@ -286,13 +305,16 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
             raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
         labelled = labels[..., 0] != -100  # (B, T)
         logits = self.head(hidden[labelled], weight)  # (M, L, K): only labelled positions (sparse prediction)
-        offsets = self.config.num_special_tokens + self.config.codebook_size * torch.arange(
-            self.config.num_codebooks, device=labels.device
-        )
-        targets = labels[labelled] - offsets  # (M, L) codes
+        targets = labels[labelled] - self._level_offsets()  # (M, L) codes
         if labelled.any() and ((targets < 0) | (targets >= self.config.codebook_size)).any():
             raise ValueError("labels must be code token ids (or -100): found a special token or a code of another level")
-        loss = F.cross_entropy(logits.reshape(-1, self.config.codebook_size), targets.reshape(-1))
+        loss = logits.sum() * 0.0  # stays 0 (with a graph) when nothing is labelled
+        if self.config.loss_type in ("codes", "codes+items") and labelled.any():
+            loss = loss + F.cross_entropy(logits.reshape(-1, self.config.codebook_size), targets.reshape(-1))
+        target_items = self._items_of_codes(targets)  # (M,), -100 where the tuple is not in the catalogue
+        if self.config.loss_type in ("items", "codes+items") and (target_items != -100).any():
+            item_logits = self._item_logits(logits)  # (M, num_items)
+            loss = loss + F.cross_entropy(item_logits, target_items, ignore_index=-100)
         return QBert4RecMaskedItemOutput(loss=loss, logits=logits, last_hidden_state=hidden)
 
     def _append_mask(self, input_ids, attention_mask, item_indices):
@@ -327,10 +349,7 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
         input_ids, attention_mask, item_indices = self._append_mask(input_ids, attention_mask, item_indices)
         hidden = self.qbert4rec(input_ids, attention_mask, item_indices).last_hidden_state[:, -1]  # (B, H)
         log_probs = self.head(hidden, self.qbert4rec.embeddings.code_embeddings.weight).log_softmax(-1)  # (B, L, K)
-        scores = log_probs.new_zeros(log_probs.shape[0], self.config.num_items)
-        for level in range(self.config.num_codebooks):
-            scores += log_probs[:, level, self.item_codes[:, level]]  # (B, num_items)
-        return scores
+        return self._item_logits(log_probs)  # (B, num_items)
 
     @torch.no_grad()
     def recommend(self, input_ids, attention_mask=None, item_indices=None, top_k=10, exclude_history=False, **kwargs):
@@ -359,5 +378,4 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
 
 # save_pretrained writes `auto_map` and copies these files, so `AutoModel.from_pretrained(..., trust_remote_code=True)`
 # returns the model with `recommend`.
-QBert4RecConfig.register_for_auto_class()
 QBert4RecForMaskedItemModeling.register_for_auto_class("AutoModel")
