@@ -1,0 +1,277 @@
+"""Full-ranking metrics, evaluate_model, the most-popular baseline and the `evaluate` metric module."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from training.evaluate import (
+    MostPopular,
+    aggregate,
+    evaluate_model,
+    history_exclusion,
+    rank_metrics,
+    save_metrics,
+    target_ranks,
+)
+from training.masking import HistoryCollator
+
+METRIC_DIR = Path(__file__).resolve().parents[1] / "metrics" / "ranking"
+
+
+# -- rank_metrics on hand-computed cases -------------------------------------------------------------------------------
+
+
+def test_target_ranked_first_scores_one_everywhere():
+    metrics = rank_metrics(torch.tensor([[0.9, 0.1, 0.3]]), torch.tensor([0]), ks=(1, 2))
+    assert {name: value.item() for name, value in metrics.items()} == {
+        "recall@1": 1.0, "ndcg@1": 1.0, "recall@2": 1.0, "ndcg@2": 1.0, "mrr": 1.0,
+    }
+
+
+def test_target_at_rank_three():
+    scores = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0]])  # target item 3 has 3 items above it
+    metrics = rank_metrics(scores, torch.tensor([3]), ks=(3, 5))
+    assert metrics["recall@3"].item() == 0.0 and metrics["ndcg@3"].item() == 0.0
+    assert metrics["recall@5"].item() == 1.0
+    assert metrics["ndcg@5"].item() == pytest.approx(1 / math.log2(5))
+    assert metrics["mrr"].item() == pytest.approx(1 / 4)
+
+
+def test_ties_are_counted_pessimistically():
+    scores = torch.tensor([[1.0, 1.0, 1.0, 1.0], [2.0, 1.0, 1.0, 0.0]])
+    assert target_ranks(scores, torch.tensor([0, 1])).tolist() == [3, 2]  # all tied -> last; one tie -> below it
+    metrics = rank_metrics(torch.zeros(1, 100), torch.tensor([50]), ks=(10,))
+    assert metrics["recall@10"].item() == 0.0  # a constant model never hits
+
+
+def test_exclude_removes_candidates_but_never_the_target():
+    scores = torch.tensor([[4.0, 3.0, 2.0, 1.0]])
+    exclude = torch.tensor([[True, False, True, False]])
+    assert target_ranks(scores, torch.tensor([2]), exclude).tolist() == [1]  # item 0 removed, item 1 still above
+    assert target_ranks(scores, torch.tensor([2])).tolist() == [2]
+    assert target_ranks(scores, torch.tensor([0]), exclude).tolist() == [0]  # the target stays a candidate
+
+
+def test_ranks_match_a_sort_based_reference():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(64, 300, generator=g)
+    targets = torch.randint(0, 300, (64,), generator=g)
+    reference = (scores.argsort(dim=1, descending=True) == targets[:, None]).float().argmax(dim=1)
+    assert torch.equal(target_ranks(scores, targets), reference)
+    metrics = rank_metrics(scores, targets)
+    assert torch.allclose(metrics["ndcg@10"], torch.where(reference < 10, 1 / torch.log2(reference + 2.0), 0).double())
+
+
+def test_aggregate_means():
+    means = aggregate(rank_metrics(torch.tensor([[3.0, 2.0, 1.0], [3.0, 2.0, 1.0]]), torch.tensor([0, 2]), ks=(1,)))
+    assert means == {"recall@1": 0.5, "ndcg@1": 0.5, "mrr": pytest.approx((1 + 1 / 3) / 2)}
+
+
+def test_history_exclusion_ignores_padding_and_mask():
+    item_indices = torch.tensor([[5, 5, 1, 3], [5, 6, 0, 2]])  # 5 = padding, 6 = masked for 5 items
+    assert history_exclusion(item_indices, 5).tolist() == [
+        [False, True, False, True, False],
+        [True, False, True, False, False],
+    ]
+
+
+def test_rank_metrics_bad_input():
+    with pytest.raises(ValueError, match="empty batch"):
+        rank_metrics(torch.zeros(0, 5), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"target 5 of row 1 is out of range \[0, num_items=5\)"):
+        rank_metrics(torch.zeros(2, 5), torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match="target -1 of row 0 is out of range"):
+        rank_metrics(torch.zeros(2, 5), torch.tensor([-1, 0]))
+    nan_scores = torch.zeros(3, 5)
+    nan_scores[2, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"scores contain NaN in 1 row\(s\), first rows \[2\]"):
+        rank_metrics(nan_scores, torch.tensor([0, 0, 0]))
+    with pytest.raises(ValueError, match="scores must be a float"):
+        rank_metrics(torch.zeros(2, 5, dtype=torch.long), torch.tensor([0, 0]))
+    with pytest.raises(ValueError, match=r"targets must be an integer \(2,\) tensor"):
+        rank_metrics(torch.zeros(2, 5), torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match="exclude must be a bool tensor shaped like scores"):
+        rank_metrics(torch.zeros(2, 5), torch.tensor([0, 1]), exclude=torch.zeros(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="every cutoff k must be >= 1"):
+        rank_metrics(torch.zeros(2, 5), torch.tensor([0, 1]), ks=(0, 10))
+    with pytest.raises(ValueError, match="no users to aggregate"):
+        aggregate({"mrr": torch.zeros(0)})
+
+
+def test_infinite_scores_are_not_nan():
+    scores = torch.tensor([[float("inf"), 0.0, float("-inf")]])  # the row sum is NaN, no entry is
+    assert target_ranks(scores, torch.tensor([1])).tolist() == [1]
+
+
+# -- evaluate_model with the most-popular baseline ---------------------------------------------------------------------
+
+NUM_ITEMS = 6
+ITEM_CODES = torch.stack([torch.arange(NUM_ITEMS) // 4, torch.arange(NUM_ITEMS) % 4], dim=1)
+
+
+def tiny_loader(examples, batch_size=2):
+    collator = HistoryCollator(item_codes=ITEM_CODES, codebook_size=4, max_len=4)
+    return DataLoader(examples, batch_size=batch_size, collate_fn=collator)
+
+
+def test_most_popular_counts_and_scores():
+    model = MostPopular.from_sequences([[0, 1, 1], [1, 2], [5]], NUM_ITEMS)
+    assert model.counts.tolist() == [1, 3, 1, 0, 0, 1]
+    scores = model.score_items(item_indices=torch.zeros(4, 2, dtype=torch.long))
+    assert scores.shape == (4, NUM_ITEMS) and (scores == model.counts).all()
+    with pytest.raises(ValueError, match=r"item index 6 is out of range \[0, num_items=6\)"):
+        MostPopular.from_sequences([[1, 6]], NUM_ITEMS)
+    with pytest.raises(ValueError, match="num_items must be >= 1"):
+        MostPopular(0)
+
+
+def test_evaluate_model_most_popular_hand_computed(tmp_path):
+    model = MostPopular.from_sequences([[1, 1, 1, 2, 2, 0]], NUM_ITEMS)  # ranking: 1, 2, 0, then 3/4/5 tied
+    examples = [
+        {"item_indices": [3], "target": 1},  # rank 0
+        {"item_indices": [1, 4], "target": 2},  # rank 1; 0 when the history (item 1) is excluded
+        {"item_indices": [], "target": 5},  # rank 5 (tied with 3 and 4: pessimistic)
+    ]
+    metrics = evaluate_model(model, tiny_loader(examples), ks=(1, 2))
+    assert metrics["num_users"] == 3 and metrics["num_items"] == NUM_ITEMS and metrics["exclude_history"] is False
+    assert metrics["recall@1"] == pytest.approx(1 / 3) and metrics["recall@2"] == pytest.approx(2 / 3)
+    assert metrics["ndcg@2"] == pytest.approx((1 + 1 / math.log2(3)) / 3)
+    assert metrics["mrr"] == pytest.approx((1 + 1 / 2 + 1 / 6) / 3)
+    excluded = evaluate_model(model, tiny_loader(examples), exclude_history=True, ks=(1, 2))
+    assert excluded["recall@1"] == pytest.approx(2 / 3) and excluded["exclude_history"] is True
+
+    written = save_metrics(metrics, tmp_path / "run", split="test", checkpoint="final")
+    assert written == tmp_path / "run" / "metrics.json"
+    assert json.loads(written.read_text()) == {**metrics, "split": "test", "checkpoint": "final"}
+    assert save_metrics(metrics, tmp_path / "valid.json").name == "valid.json"
+    with pytest.raises(ValueError, match="metric 'mrr' is nan"):
+        save_metrics({"mrr": float("nan")}, tmp_path / "bad.json")
+
+
+@pytest.fixture
+def accelerator():
+    """A single-process Accelerator; its shared state is reset afterwards (as accelerate's own AccelerateTestCase
+    does) so that other tests can build one with other settings."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    yield Accelerator()
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def test_evaluate_model_through_an_accelerator_gathers_every_user(accelerator):
+    model = MostPopular.from_sequences([[0, 1, 1, 2]], NUM_ITEMS)
+    examples = [{"item_indices": [i % NUM_ITEMS], "target": i % 3} for i in range(5)]  # last batch is short
+    loader = accelerator.prepare(tiny_loader(examples))
+    with_accelerator = evaluate_model(model, loader, accelerator=accelerator)
+    without = evaluate_model(model, tiny_loader(examples))
+    assert with_accelerator == without and with_accelerator["num_users"] == 5
+
+
+def test_evaluate_model_empty_dataloader():
+    with pytest.raises(ValueError, match="yielded no batches"):
+        evaluate_model(MostPopular(NUM_ITEMS), [])
+
+
+# -- the `evaluate` metric module --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    for name in ("HF_HUB_OFFLINE", "HF_EVALUATE_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.setenv(name, "1")
+
+
+def test_metric_module_agrees_with_rank_metrics(offline):
+    import evaluate
+
+    g = torch.Generator().manual_seed(1)
+    scores = torch.randint(0, 20, (40, 50), generator=g).double()  # integer scores: many ties
+    targets = torch.randint(0, 50, (40,), generator=g)
+    history = [torch.randint(0, 50, (3,), generator=g).tolist() for _ in range(40)]
+    exclude = torch.zeros(40, 50, dtype=torch.bool)
+    for user, items in enumerate(history):
+        exclude[user, items] = True
+
+    ranking = evaluate.load(str(METRIC_DIR))
+    for metric_kwargs, exclude_mask in [({}, None), ({"exclude": history}, exclude)]:
+        result = ranking.compute(
+            predictions=scores.tolist(), references=targets.tolist(), ks=[5, 10, 20], **metric_kwargs
+        )
+        expected = aggregate(rank_metrics(scores, targets, ks=(5, 10, 20), exclude=exclude_mask))
+        assert result.pop("num_users") == 40
+        assert result == pytest.approx(expected)
+
+    # incremental add_batch gives the same result as one compute
+    for start in range(0, 40, 16):
+        ranking.add_batch(predictions=scores[start:start + 16].tolist(), references=targets[start:start + 16].tolist())
+    assert ranking.compute()["ndcg@10"] == pytest.approx(aggregate(rank_metrics(scores, targets))["ndcg@10"])
+
+
+def test_metric_module_ranked_lists(offline):
+    import evaluate
+
+    ranked = evaluate.load(str(METRIC_DIR), "ranked_lists")
+    result = ranked.compute(predictions=[[4, 2, 7], [1, 0], [3, 9, 8, 6]], references=[4, 3, 6], ks=[1, 5])
+    assert result == pytest.approx({
+        "recall@1": 1 / 3, "ndcg@1": 1 / 3, "recall@5": 2 / 3, "ndcg@5": (1 + 1 / math.log2(5)) / 3,
+        "mrr": (1 + 0 + 1 / 4) / 3, "num_users": 3,
+    })
+
+
+def test_metric_module_bad_input(offline):
+    import evaluate
+
+    ranking = evaluate.load(str(METRIC_DIR))
+    with pytest.raises(ValueError, match=r"predictions contain NaN scores in rows \[1\]"):
+        ranking.compute(predictions=[[0.1, 0.2], [float("nan"), 0.2]], references=[0, 1])
+    with pytest.raises(ValueError, match=r"reference 2 of user 0 is out of range \[0, num_items=2\)"):
+        ranking.compute(predictions=[[0.1, 0.2]], references=[2])
+    with pytest.raises(ValueError, match="every score row must cover the same items"):
+        ranking.compute(predictions=[[0.1, 0.2], [0.3]], references=[0, 0])
+    with pytest.raises(ValueError, match=r"no predictions to rank \(empty input\)"):
+        ranking.compute(predictions=[], references=[])
+    with pytest.raises(ValueError, match="every cutoff k must be >= 1"):
+        ranking.compute(predictions=[[0.1, 0.2]], references=[0], ks=[0])
+    with pytest.raises(ValueError, match="unknown ranking config 'topk'"):
+        evaluate.load(str(METRIC_DIR), "topk")
+    with pytest.raises(ValueError, match="exclude applies to score rows only"):
+        evaluate.load(str(METRIC_DIR), "ranked_lists").compute(predictions=[[1]], references=[1], exclude=[[0]])
+
+
+# -- real data: the most-popular anchor on Beauty ----------------------------------------------------------------------
+
+
+def read_beauty_sequences(beauty_dir) -> list[list[int]]:
+    """`Beauty.txt`: `user item item ...` with 1-based item ids -> item indices (id - 1), oldest first."""
+    sequences = []
+    with open(beauty_dir / "Beauty.txt") as f:
+        for line_number, line in enumerate(f, start=1):
+            fields = line.split()
+            if len(fields) < 4:
+                raise ValueError(f"Beauty.txt line {line_number}: a leave-one-out user needs >= 3 items")
+            sequences.append([int(item) - 1 for item in fields[1:]])
+    return sequences
+
+
+def test_most_popular_on_beauty_matches_the_design_anchor(beauty_dir):
+    """DESIGN.md §4: most-popular R@10 .0114 / N@10 .0053 on the Beauty test split, history items kept.
+
+    The anchor is reproduced with counts over everything before the test target (train + validation items);
+    counting the training part alone (all but the last two items) gives R@10 .0106 / N@10 .0051."""
+    sequences = read_beauty_sequences(beauty_dir)
+    num_items = max(max(seq) for seq in sequences) + 1
+    assert (len(sequences), num_items) == (22363, 12101)
+    model = MostPopular.from_sequences([seq[:-1] for seq in sequences], num_items)
+    codes = torch.stack([torch.arange(num_items) // 256, torch.arange(num_items) % 256], dim=1)  # unused by the model
+    collator = HistoryCollator(item_codes=codes, codebook_size=256, max_len=50)
+    test = [{"item_indices": seq[:-1], "target": seq[-1]} for seq in sequences]
+    metrics = evaluate_model(model, DataLoader(test, batch_size=2048, collate_fn=collator))
+    assert metrics["num_users"] == 22363
+    assert metrics["recall@10"] == pytest.approx(0.0114, abs=3e-4)
+    assert metrics["ndcg@10"] == pytest.approx(0.0053, abs=3e-4)

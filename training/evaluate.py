@@ -1,0 +1,238 @@
+"""Full-ranking evaluation: Recall@k (= HR@k), NDCG@k and MRR over the whole catalogue, and a most-popular baseline.
+
+Protocol (DESIGN.md §4): leave-one-out, each user's target is ranked against **all** items, no sampled negatives.
+History items stay candidates unless `exclude_history=True` (the TIGER / S3-Rec convention keeps them); always
+report which convention a number uses.
+
+Rank of the target = number of candidate items scoring strictly higher than the target **plus** the number of
+other candidates scoring exactly the same (ties are counted pessimistically). A model that scores every item the
+same therefore ranks every target last, never first. Excluded items (`exclude`) are removed from the candidates,
+except the target itself, which is always a candidate.
+
+With rank r (0 = best): Recall@k = [r < k]; NDCG@k = 1 / log2(r + 2) if r < k else 0 (one relevant item, so the
+ideal DCG is 1); MRR = 1 / (r + 1) over the full ranking (not truncated).
+"""
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+DEFAULT_KS = (5, 10, 20)
+
+
+def target_ranks(scores: torch.Tensor, targets: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """0-based rank of each target among all items, ties counted pessimistically.
+
+    Args:
+        scores: float `(B, N)`, a score per user and item (higher = better).
+        targets: long `(B,)`, the target item index of each user, in `[0, N)`.
+        exclude: optional bool `(B, N)`, True for items removed from the candidates (the target never is).
+
+    Returns:
+        long `(B,)` ranks.
+    """
+    if scores.dim() != 2 or not scores.is_floating_point():
+        raise ValueError(f"scores must be a float (batch, num_items) tensor, got {scores.dtype} {tuple(scores.shape)}")
+    batch, num_items = scores.shape
+    if batch == 0:
+        raise ValueError("cannot rank an empty batch (scores has 0 rows)")
+    targets = torch.as_tensor(targets, device=scores.device)
+    if targets.shape != (batch,) or targets.is_floating_point():
+        raise ValueError(f"targets must be an integer ({batch},) tensor, got {targets.dtype} {tuple(targets.shape)}")
+    out_of_range = (targets < 0) | (targets >= num_items)
+    if out_of_range.any():
+        row = int(out_of_range.nonzero()[0, 0])
+        raise ValueError(f"target {targets[row].item()} of row {row} is out of range [0, num_items={num_items})")
+    if torch.isnan(scores.sum()):  # one cheap reduction; +inf and -inf in a row also give NaN, so check rows
+        nan_rows = torch.isnan(scores).any(dim=1)
+        if nan_rows.any():
+            rows = nan_rows.nonzero().squeeze(1)[:5].tolist()
+            raise ValueError(f"scores contain NaN in {int(nan_rows.sum())} row(s), first rows {rows}")
+    targets = targets.long()
+
+    # items scoring higher than the target, plus the other items tied with it (pessimistic), in one comparison:
+    # rank = #{candidates j : score_j >= score_target} - 1 (the target itself)
+    at_least_target = scores >= scores.gather(1, targets[:, None])  # (B, N)
+    if exclude is not None:
+        if exclude.shape != scores.shape or exclude.dtype != torch.bool:
+            raise ValueError(f"exclude must be a bool tensor shaped like scores {tuple(scores.shape)}, got "
+                             f"{exclude.dtype} {tuple(exclude.shape)}")
+        candidate = ~exclude.to(scores.device)
+        candidate[torch.arange(batch, device=scores.device), targets] = True
+        at_least_target &= candidate
+    # summing bytes into int32 is about twice as fast as summing bools (which go through int64) on CPU
+    return at_least_target.view(torch.uint8).sum(dim=1, dtype=torch.int32).long() - 1
+
+
+def metrics_from_ranks(ranks: torch.Tensor, ks=DEFAULT_KS) -> dict[str, torch.Tensor]:
+    """Per-user `recall@k`, `ndcg@k` for each k and `mrr`, float `(B,)` each, from 0-based ranks `(B,)`."""
+    if any(int(k) < 1 for k in ks):
+        raise ValueError(f"every cutoff k must be >= 1, got {tuple(ks)}")
+    ranks = ranks.double()
+    discount = 1.0 / torch.log2(ranks + 2.0)
+    metrics = {}
+    for k in ks:
+        hit = ranks < k
+        metrics[f"recall@{k}"] = hit.double()
+        metrics[f"ndcg@{k}"] = torch.where(hit, discount, torch.zeros_like(discount))
+    metrics["mrr"] = 1.0 / (ranks + 1.0)
+    return metrics
+
+
+def rank_metrics(
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    ks=DEFAULT_KS,
+    exclude: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Full-ranking metrics per user: `recall@k` (= HR@k), `ndcg@k` for each k in `ks`, and `mrr`.
+
+    Args:
+        scores: float `(B, N)` scores of every item.
+        targets: long `(B,)` target item indices.
+        ks: the cutoffs.
+        exclude: optional bool `(B, N)`, items removed from the candidates (never the target).
+
+    Returns:
+        `{name: float64 (B,)}`; `aggregate` turns it into means.
+    """
+    return metrics_from_ranks(target_ranks(scores, targets, exclude), ks)
+
+
+def aggregate(per_user: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Mean of each per-user metric `(U,)` -> `{name: float}`."""
+    sizes = {len(values) for values in per_user.values()}
+    if not per_user or sizes == {0}:
+        raise ValueError("no users to aggregate (empty metrics)")
+    if len(sizes) != 1:
+        raise ValueError(f"per-user metrics have different lengths: {sorted(sizes)}")
+    return {name: float(values.double().mean()) for name, values in per_user.items()}
+
+
+def history_exclusion(item_indices: torch.Tensor, num_items: int) -> torch.Tensor:
+    """Bool `(B, num_items)`: True for every item in the user's history `(B, T)` (padding / masked ignored)."""
+    exclude = torch.zeros(item_indices.shape[0], num_items + 2, dtype=torch.bool, device=item_indices.device)
+    exclude.scatter_(1, item_indices.clamp(0, num_items + 1), True)
+    return exclude[:, :num_items]
+
+
+def _module_device(model) -> torch.device:
+    """Device of the model's first parameter or buffer (CPU for a model with neither)."""
+    if isinstance(model, nn.Module):
+        for tensor in list(model.parameters()) + list(model.buffers()):
+            return tensor.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def evaluate_model(
+    model,
+    dataloader,
+    accelerator=None,
+    exclude_history: bool = False,
+    ks=DEFAULT_KS,
+    desc: str = "evaluate",
+) -> dict:
+    """Rank every user's target against all items and average the metrics.
+
+    Args:
+        model: exposes `score_items(input_ids=, attention_mask=, item_indices=) -> (B, num_items)` scores of the
+            next item after the (left-padded) history; the model appends the `[MASK]` position itself.
+        dataloader: yields batches from `training.masking.HistoryCollator` (`input_ids`, `attention_mask`,
+            `item_indices`, `targets`).
+        accelerator: an `accelerate.Accelerator`; when given, the dataloader should be prepared by it and the
+            per-user metrics are gathered from every process with `gather_for_metrics` (no duplicates).
+        exclude_history: remove the history items from the candidates (the target stays one).
+        ks: the cutoffs for Recall@k and NDCG@k.
+
+    Returns:
+        `{"recall@5": ..., "ndcg@5": ..., ..., "mrr": ..., "num_users": U, "num_items": N,
+        "exclude_history": bool}`.
+    """
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    device = accelerator.device if accelerator is not None else _module_device(model)
+    score_items = getattr(accelerator.unwrap_model(model) if accelerator is not None else model, "score_items")
+    show_progress = accelerator is None or accelerator.is_local_main_process
+    per_user_batches, num_items = [], None
+    for batch in tqdm(dataloader, desc=desc, disable=not show_progress):
+        batch = {name: tensor.to(device) for name, tensor in batch.items()}
+        scores = score_items(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], item_indices=batch["item_indices"]
+        ).float()  # (B, N)
+        num_items = scores.shape[1]
+        exclude = history_exclusion(batch["item_indices"], num_items) if exclude_history else None
+        per_user = rank_metrics(scores, batch["targets"], ks=ks, exclude=exclude)
+        if accelerator is not None:
+            per_user = accelerator.gather_for_metrics(per_user)
+        per_user_batches.append({name: values.cpu() for name, values in per_user.items()})
+    if was_training and hasattr(model, "train"):
+        model.train()
+    if not per_user_batches:
+        raise ValueError("the evaluation dataloader yielded no batches")
+    per_user = {name: torch.cat([b[name] for b in per_user_batches]) for name in per_user_batches[0]}
+    metrics = aggregate(per_user)
+    metrics.update(num_users=len(per_user["mrr"]), num_items=num_items, exclude_history=bool(exclude_history))
+    return metrics
+
+
+def save_metrics(metrics: dict, path: str | os.PathLike, **extra) -> Path:
+    """Write `metrics` plus `extra` fields (split, checkpoint, dataset sizes...) as JSON.
+
+    `path` is a `.json` file, or a folder that gets `metrics.json`. Returns the file written."""
+    path = Path(path)
+    if path.suffix != ".json":
+        path = path / "metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {**metrics, **extra}
+    for name, value in record.items():
+        if isinstance(value, torch.Tensor):
+            record[name] = value.item() if value.numel() == 1 else value.tolist()
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"metric '{name}' is {value}: refusing to write a non-finite metric to {path}")
+    with open(path, "w") as f:
+        json.dump(record, f, indent=2, sort_keys=False)
+        f.write("\n")
+    return path
+
+
+class MostPopular(nn.Module):
+    """Most-popular baseline: every user gets the same scores, the item counts in the training sequences.
+
+    Exposes `score_items` like the model, so `evaluate_model` runs on it unchanged.
+
+    Args:
+        num_items: catalogue size N.
+    """
+
+    def __init__(self, num_items: int):
+        super().__init__()
+        if num_items < 1:
+            raise ValueError(f"num_items must be >= 1, got {num_items}")
+        self.num_items = num_items
+        self.register_buffer("counts", torch.zeros(num_items))
+
+    def fit(self, sequences) -> "MostPopular":
+        """Count the items of `sequences` (iterable of lists of item indices). Returns self."""
+        flat = [item for seq in sequences for item in seq]
+        items = torch.as_tensor(flat, dtype=torch.long)
+        bad = (items < 0) | (items >= self.num_items)
+        if bad.any():
+            raise ValueError(f"item index {items[bad][0].item()} is out of range [0, num_items={self.num_items})")
+        self.counts = torch.bincount(items, minlength=self.num_items).float().to(self.counts.device)
+        return self
+
+    @classmethod
+    def from_sequences(cls, sequences, num_items: int) -> "MostPopular":
+        return cls(num_items).fit(sequences)
+
+    def score_items(self, input_ids=None, attention_mask=None, item_indices=None) -> torch.Tensor:
+        """Float `(B, num_items)`: the training count of every item, the same for each of the B histories."""
+        reference = next(t for t in (item_indices, attention_mask, input_ids) if t is not None)
+        return self.counts[None, :].expand(reference.shape[0], -1)
