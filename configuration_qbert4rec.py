@@ -29,6 +29,9 @@ class QBert4RecConfig(PretrainedConfig):
         loss_type (`str`, defaults to `"codes+items"`): training loss at masked positions: `"codes"` = cross-entropy
             of each level's code (the paper's), `"items"` = cross-entropy over the whole catalogue of the item scores
             used for ranking (sum over levels of the code logits), `"codes+items"` = their sum.
+        is_causal (`bool`, defaults to `False`): causal (left-to-right) attention instead of bidirectional; the next
+            item is then predicted from the last history position, not from an appended `[MASK]` (the SASRec
+            baseline of `benchmarks/accuracy.py`).
         pad_token_id (`int`, defaults to 0), mask_token_id (`int`, defaults to 1), unk_token_id (`int`, defaults to 2),
         sep_token_id (`int`, defaults to 3): special token ids, all below `num_special_tokens`.
     """
@@ -53,6 +56,7 @@ class QBert4RecConfig(PretrainedConfig):
         layer_norm_eps: float = 1e-12,
         use_item_embedding: bool = False,
         loss_type: str = "codes+items",
+        is_causal: bool = False,
         pad_token_id: int = 0,
         mask_token_id: int = 1,
         unk_token_id: int = 2,
@@ -112,6 +116,7 @@ class QBert4RecConfig(PretrainedConfig):
         self.layer_norm_eps = layer_norm_eps
         self.use_item_embedding = use_item_embedding
         self.loss_type = loss_type
+        self.is_causal = is_causal
         self.mask_token_id = mask_token_id
         self.unk_token_id = unk_token_id
         self.sep_token_id = sep_token_id

@@ -101,13 +101,16 @@ class QBert4RecEncoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(QBert4RecLayer(config) for _ in range(config.num_hidden_layers))
         self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.is_causal = config.is_causal
 
     def forward(self, hidden_states, attention_mask):
         """`hidden_states` `(B, T, H)`, `attention_mask` `(B, T)` -> `(B, T, H)`."""
-        valid = attention_mask.bool()
-        # A row with no item at all attends everywhere (its output is never used) rather than producing NaN.
-        valid = valid | ~valid.any(dim=1, keepdim=True)
-        key_mask = valid[:, None, None, :]  # (B, 1, 1, T)
+        T = hidden_states.shape[1]
+        key_mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+        if self.is_causal:
+            key_mask = key_mask & torch.ones(T, T, dtype=torch.bool, device=key_mask.device).tril()
+        # Every position may attend to itself, so a padding row (never read) gets finite values, not NaN.
+        key_mask = key_mask | torch.eye(T, dtype=torch.bool, device=key_mask.device)
         for layer in self.layers:
             hidden_states = layer(hidden_states, key_mask)
         return self.final_norm(hidden_states)
@@ -346,7 +349,8 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
             `torch.FloatTensor` of shape `(batch, num_items)`: sum over levels of each item's code log-probability.
         """
         self._check_item_table(input_ids, item_indices)
-        input_ids, attention_mask, item_indices = self._append_mask(input_ids, attention_mask, item_indices)
+        if not self.config.is_causal:  # bidirectional: predict at a [MASK] after the history
+            input_ids, attention_mask, item_indices = self._append_mask(input_ids, attention_mask, item_indices)
         hidden = self.qbert4rec(input_ids, attention_mask, item_indices).last_hidden_state[:, -1]  # (B, H)
         log_probs = self.head(hidden, self.qbert4rec.embeddings.code_embeddings.weight).log_softmax(-1)  # (B, L, K)
         return self._item_logits(log_probs)  # (B, num_items)
@@ -372,6 +376,13 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
             seen = item_indices.clamp(max=self.config.num_items)  # padding and [MASK] -> the extra column
             extra = torch.zeros_like(scores[:, :1])
             scores = torch.cat([scores, extra], dim=1).scatter(1, seen, -math.inf)[:, :-1]
+            left = torch.isfinite(scores).sum(dim=1)  # (B,) candidates after the exclusion
+            if (left < top_k).any():
+                row = int(left.argmin())
+                raise ValueError(
+                    f"top_k={top_k} exceeds the {int(left[row])} items left in history {row} after exclude_history "
+                    "removed its items: lower top_k"
+                )
         top = scores.topk(top_k, dim=1)
         return QBert4RecRecommendationOutput(item_indices=top.indices, scores=top.values)
 

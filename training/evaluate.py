@@ -16,11 +16,16 @@ ideal DCG is 1); MRR = 1 / (r + 1) over the full ranking (not truncated).
 import json
 import math
 import os
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+if __package__ in (None, ""):  # `python training/evaluate.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 DEFAULT_KS = (5, 10, 20)
 
@@ -236,3 +241,53 @@ class MostPopular(nn.Module):
         """Float `(B, num_items)`: the training count of every item, the same for each of the B histories."""
         reference = next(t for t in (item_indices, attention_mask, input_ids) if t is not None)
         return self.counts[None, :].expand(reference.shape[0], -1)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Command line: evaluate a saved checkpoint on a prepared dataset
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvaluateArgs:
+    """Arguments of `evaluate.py` (YAML section `evaluate`)."""
+
+    model_dir: str = field(default=None, metadata={"help": "save_pretrained folder (model + tokenizer) or Hub repo id"})
+    dataset_dir: str = field(default=None, metadata={"help": "prepared dataset folder (prepare_data.py)"})
+    split: str = field(default="test", metadata={"help": "validation (model selection) or test (reporting)"})
+    output_file: str = field(default=None, metadata={"help": "metrics JSON (default: MODEL_DIR/metrics_<split>.json)"})
+    exclude_history: bool = field(default=False, metadata={"help": "remove history items from the candidates"})
+    batch_size: int = field(default=1024, metadata={"help": "histories per batch"})
+
+
+def main(argv=None) -> dict:
+    """Evaluate a checkpoint with full ranking on a split; prints and saves the metrics."""
+    from torch.utils.data import DataLoader
+    from transformers import AutoModel, AutoTokenizer
+
+    from training.config import parse_args
+    from training.masking import HistoryCollator
+    from training.sequences import encode_split, load_sequences
+
+    (args,) = parse_args(argv, EvaluateArgs, section="evaluate", description=main.__doc__)
+    if not args.model_dir or not args.dataset_dir:
+        raise ValueError("--model_dir and --dataset_dir are required")
+    if args.split not in ("validation", "test"):
+        raise ValueError(f"--split must be 'validation' or 'test', got {args.split!r}")
+    model = AutoModel.from_pretrained(args.model_dir, trust_remote_code=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir, trust_remote_code=True)
+    model.check_tokenizer(tokenizer)
+    split = encode_split(load_sequences(args.dataset_dir)[args.split], tokenizer).select_columns(["item_indices", "target"])
+    collator = HistoryCollator(
+        item_codes=tokenizer.item_codes, codebook_size=tokenizer.codebook_size, max_len=model.config.max_position_embeddings
+    )
+    loader = DataLoader(split, batch_size=args.batch_size, collate_fn=collator)
+    metrics = evaluate_model(model, loader, exclude_history=args.exclude_history, desc=f"evaluate {args.split}")
+    output = args.output_file or str(Path(args.model_dir) / f"metrics_{args.split}.json")
+    save_metrics(metrics, output, split=args.split, model_dir=args.model_dir, dataset_dir=args.dataset_dir)
+    print(json.dumps(metrics, indent=2))
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -484,3 +484,29 @@ class HistoryCollator(SemanticIdBatcher):
             "item_indices": item_indices,
             "targets": targets,
         }
+
+
+@dataclass
+class CausalCollator(SemanticIdBatcher):
+    """Causal (SASRec-style) training collator: every position predicts the item after it.
+
+    Each example is a dict with `item_indices` (list[int], oldest first, at least 2 items). The newest `max_len + 1`
+    items are kept; the input is all but the last, and `labels` at position t hold the token ids of item t + 1.
+    Returns `input_ids` `(B, T, L)`, `attention_mask` `(B, T)`, `item_indices` `(B, T)` and `labels` `(B, T, L)`
+    (-100 at padding). Use with `QBert4RecConfig(is_causal=True)`.
+    """
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        sequences = self._item_lists(examples)
+        for b, seq in enumerate(sequences):
+            if len(seq) < 2:
+                raise ValueError(f"example {b} has {len(seq)} item(s): causal training needs at least 2 per sequence")
+        item_indices, valid = self._left_pad(sequences, keep=self.max_len + 1)
+        inputs, targets, target_valid = item_indices[:, :-1], item_indices[:, 1:], valid[:, 1:] & valid[:, :-1]
+        labels = self.token_table[targets].masked_fill(~target_valid[..., None], IGNORE_INDEX)  # (B, T, L)
+        return {
+            "input_ids": self.token_table[inputs],
+            "attention_mask": valid[:, :-1].long(),
+            "item_indices": inputs,
+            "labels": labels,
+        }
