@@ -32,6 +32,8 @@ class QBert4RecConfig(PretrainedConfig):
         is_causal (`bool`, defaults to `False`): causal (left-to-right) attention instead of bidirectional; the next
             item is then predicted from the last history position, not from an appended `[MASK]` (the SASRec
             baseline of `benchmarks/accuracy.py`).
+        item_table_fingerprint (`str`, *optional*): `SemanticIdTokenizer.table_fingerprint` of the catalogue the model
+            was trained on (item ids and codes); `check_tokenizer` compares it.
         pad_token_id (`int`, defaults to 0), mask_token_id (`int`, defaults to 1), unk_token_id (`int`, defaults to 2),
         sep_token_id (`int`, defaults to 3): special token ids, all below `num_special_tokens`.
     """
@@ -57,6 +59,7 @@ class QBert4RecConfig(PretrainedConfig):
         use_item_embedding: bool = False,
         loss_type: str = "codes+items",
         is_causal: bool = False,
+        item_table_fingerprint: str | None = None,
         pad_token_id: int = 0,
         mask_token_id: int = 1,
         unk_token_id: int = 2,
@@ -117,6 +120,7 @@ class QBert4RecConfig(PretrainedConfig):
         self.use_item_embedding = use_item_embedding
         self.loss_type = loss_type
         self.is_causal = is_causal
+        self.item_table_fingerprint = item_table_fingerprint
         self.mask_token_id = mask_token_id
         self.unk_token_id = unk_token_id
         self.sep_token_id = sep_token_id

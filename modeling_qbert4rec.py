@@ -222,8 +222,9 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
         self.register_buffer("item_codes", torch.zeros(config.num_items, config.num_codebooks, dtype=torch.long))
         self.post_init()
 
-    def set_item_codes(self, item_codes):
-        """Install the catalogue `(num_items, num_codebooks)` of codes (e.g. `tokenizer.item_codes`)."""
+    def set_item_codes(self, item_codes, fingerprint=None):
+        """Install the catalogue `(num_items, num_codebooks)` of codes (e.g. `tokenizer.item_codes`), and the
+        tokenizer's `table_fingerprint` when given."""
         item_codes = torch.as_tensor(item_codes, dtype=torch.long)
         expected = (self.config.num_items, self.config.num_codebooks)
         if tuple(item_codes.shape) != expected:
@@ -231,6 +232,7 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
         if item_codes.min() < 0 or item_codes.max() >= self.config.codebook_size:
             raise ValueError(f"item codes must lie in [0, codebook_size={self.config.codebook_size})")
         self.item_codes.copy_(item_codes)
+        self.config.item_table_fingerprint = fingerprint
 
     def check_tokenizer(self, tokenizer):
         """Raise `ValueError` unless `tokenizer` was built for this model's item table."""
@@ -242,6 +244,12 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
                 f"{shape[0]} items x {shape[1]} codes of {shape[2]}; model: {expected[0]} x {expected[1]} of "
                 f"{expected[2]}{'; same shapes but different codes' if shape == expected else ''}): "
                 "load both from the same checkpoint"
+            )
+        expected_fingerprint = self.config.item_table_fingerprint
+        if expected_fingerprint and tokenizer.table_fingerprint != expected_fingerprint:
+            raise ValueError(
+                "tokenizer and model were built for different item tables: same codes, but other item ids or another "
+                "order (table fingerprints differ); load both from the same checkpoint"
             )
 
     def _level_offsets(self):
@@ -320,14 +328,19 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
             loss = loss + F.cross_entropy(item_logits, target_items, ignore_index=-100)
         return QBert4RecMaskedItemOutput(loss=loss, logits=logits, last_hidden_state=hidden)
 
-    def _append_mask(self, input_ids, attention_mask, item_indices):
-        """Append one `[MASK]` position after each (left-padded) history."""
-        B = input_ids.shape[0]
+    def _left_padded_mask(self, input_ids, attention_mask):
+        """The `(B, T)` attention mask (derived from `[PAD]` when `None`); refuses right-padded histories."""
         if attention_mask is None:
             attention_mask = (input_ids[..., 0] != self.config.pad_token_id).long()
         lengths = attention_mask.sum(1)
         if (attention_mask[:, -1] == 0).logical_and(lengths > 0).any():
             raise ValueError("histories must be left-padded (newest item last), as the SemanticIdTokenizer returns them")
+        return attention_mask
+
+    def _append_mask(self, input_ids, attention_mask, item_indices):
+        """Append one `[MASK]` position after each (left-padded) history."""
+        B = input_ids.shape[0]
+        attention_mask = self._left_padded_mask(input_ids, attention_mask)
         mask_ids = input_ids.new_full((B, 1, self.config.num_codebooks), self.config.mask_token_id)
         input_ids = torch.cat([input_ids, mask_ids], dim=1)[:, -self.config.max_position_embeddings :]
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)[
@@ -349,7 +362,9 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
             `torch.FloatTensor` of shape `(batch, num_items)`: sum over levels of each item's code log-probability.
         """
         self._check_item_table(input_ids, item_indices)
-        if not self.config.is_causal:  # bidirectional: predict at a [MASK] after the history
+        if self.config.is_causal:  # causal: predict from the newest history position
+            attention_mask = self._left_padded_mask(input_ids, attention_mask)
+        else:  # bidirectional: predict at a [MASK] after the history
             input_ids, attention_mask, item_indices = self._append_mask(input_ids, attention_mask, item_indices)
         hidden = self.qbert4rec(input_ids, attention_mask, item_indices).last_hidden_state[:, -1]  # (B, H)
         log_probs = self.head(hidden, self.qbert4rec.embeddings.code_embeddings.weight).log_softmax(-1)  # (B, L, K)

@@ -206,12 +206,14 @@ class SemanticIdTokenizer(PreTrainedTokenizer):
 
     def encode_items(self, item_ids, unknown_items=None) -> list:
         """Item ids -> item indices (unknown ids raise, or are dropped with `unknown_items="skip"`)."""
+        if unknown_items is not None and unknown_items not in UNKNOWN_ITEM_POLICIES:
+            raise ValueError(f"unknown_items must be one of {UNKNOWN_ITEM_POLICIES}, got {unknown_items!r}")
         indices = (self._lookup(item_id, unknown_items) for item_id in item_ids)
         return [i for i in indices if i is not None]
 
     def decode_items(self, item_indices) -> list:
-        """Item indices (`(batch, k)` or `(k,)`, tensor or lists) -> item ids with the same nesting."""
-        if isinstance(item_indices, torch.Tensor):
+        """Item indices (`(batch, k)` or `(k,)`, tensor, numpy array or lists) -> item ids with the same nesting."""
+        if hasattr(item_indices, "tolist"):  # torch tensors, numpy arrays and numpy integers
             item_indices = item_indices.tolist()
         if isinstance(item_indices, int):
             return self._item_id(item_indices)
@@ -249,7 +251,10 @@ class SemanticIdTokenizer(PreTrainedTokenizer):
             raise ValueError("histories is empty: pass at least one history")
         if all(isinstance(h, str) for h in histories):
             histories = [histories]
-        max_len = max_len or self.max_len
+        if max_len is None:
+            max_len = self.max_len
+        elif not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 1:
+            raise ValueError(f"max_len must be a positive integer, got {max_len!r}")
         rows = []
         for history in histories:
             if isinstance(history, str) or not isinstance(history, (list, tuple)):

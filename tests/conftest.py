@@ -1,8 +1,12 @@
 """Shared fixtures: the real benchmark data folder (tests that need it skip when it is absent)."""
 
 import pytest
+import torch
 
 from training.config import DATA_DIR_ENV, default_data_dir
+
+# Tiny models run fastest on one thread, and the suite must not fight itself for the 2 cores of CI.
+torch.set_num_threads(1)
 
 
 def _dataset_dir(name: str):

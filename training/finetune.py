@@ -47,10 +47,11 @@ def adapt_to_catalogue(model, tokenizer):
             f"pretrained model ({model.config.num_codebooks} x {model.config.codebook_size})"
         )
     if model.config.num_items == tokenizer.num_items and torch.equal(model.item_codes, tokenizer.item_codes):
+        model.config.item_table_fingerprint = tokenizer.table_fingerprint
         return model
     model.config.num_items = tokenizer.num_items
     model.item_codes = torch.zeros(tokenizer.num_items, tokenizer.num_codebooks, dtype=torch.long)
-    model.set_item_codes(tokenizer.item_codes)
+    model.set_item_codes(tokenizer.item_codes, tokenizer.table_fingerprint)
     if model.config.use_item_embedding:
         embeddings = model.qbert4rec.embeddings
         embeddings.item_embeddings = torch.nn.Embedding(tokenizer.num_items + 2, model.config.hidden_size, padding_idx=tokenizer.num_items)

@@ -76,7 +76,7 @@ def build_model(model_args: ModelArgs, tokenizer: SemanticIdTokenizer) -> QBert4
         use_item_embedding=model_args.use_item_embedding,
     )
     model = QBert4RecForMaskedItemModeling(config)
-    model.set_item_codes(tokenizer.item_codes)
+    model.set_item_codes(tokenizer.item_codes, tokenizer.table_fingerprint)
     return model
 
 

@@ -1,0 +1,453 @@
+"""Q-Bert4Rec model on tiny configs (after transformers' BertModelTester): shapes, loss and gradients, padding
+invariance, determinism, save/load, initialisation, full-catalogue scoring, recommend() and bad input."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel
+
+from configuration_qbert4rec import QBert4RecConfig
+from modeling_qbert4rec import (
+    QBert4RecForMaskedItemModeling,
+    QBert4RecMaskedItemOutput,
+    QBert4RecModel,
+    QBert4RecRecommendationOutput,
+)
+from tokenization_semantic_id import SemanticIdTokenizer
+
+
+class QBert4RecModelTester:
+    """Tiny sizes and inputs: batch 3, seq 7, 3 codebooks of 8 codes, hidden 32, 2 layers, 4 heads."""
+
+    batch_size = 3
+    seq_length = 7
+    history_lengths = (7, 4, 1)  # left-padded rows: full, half, one item
+    num_codebooks = 3
+    codebook_size = 8
+    num_items = 20
+    hidden_size = 32
+    num_hidden_layers = 2
+    num_attention_heads = 4
+    intermediate_size = 37
+
+    def get_config(self, **overrides) -> QBert4RecConfig:
+        values = dict(
+            num_codebooks=self.num_codebooks,
+            codebook_size=self.codebook_size,
+            num_items=self.num_items,
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            intermediate_size=self.intermediate_size,
+            max_position_embeddings=self.seq_length + 1,  # the history plus the appended [MASK]
+            hidden_dropout_prob=0.1,
+            attention_probs_dropout_prob=0.1,
+            initializer_range=0.2,  # large enough that different histories get clearly different scores
+        )
+        return QBert4RecConfig(**{**values, **overrides})
+
+    def get_tokenizer(self, seed: int = 0, num_items: int | None = None) -> SemanticIdTokenizer:
+        """Unique code tuples: distinct numbers below 8**3 written in base 8."""
+        num_items = num_items or self.num_items
+        numbers = torch.randperm(self.codebook_size**self.num_codebooks, generator=torch.Generator().manual_seed(seed))
+        codes = torch.stack([numbers[:num_items] // self.codebook_size**(2 - level) % self.codebook_size
+                             for level in range(self.num_codebooks)], dim=1)
+        item_ids = [f"B00ITEM{i:03d}" for i in range(num_items)]
+        return SemanticIdTokenizer.from_codes(item_ids, codes, self.codebook_size, max_len=self.seq_length)
+
+    def get_model(self, tok: SemanticIdTokenizer, **overrides) -> QBert4RecForMaskedItemModeling:
+        torch.manual_seed(0)
+        model = QBert4RecForMaskedItemModeling(self.get_config(**overrides))
+        model.set_item_codes(tok.item_codes)
+        return model
+
+    def histories(self, tok: SemanticIdTokenizer, seed: int = 0) -> list:
+        generator = torch.Generator().manual_seed(seed)
+        return [[tok.item_ids[i] for i in torch.randint(0, self.num_items, (length,), generator=generator)]
+                for length in self.history_lengths]
+
+    def prepare_inputs(self, tok: SemanticIdTokenizer, seed: int = 0) -> dict:
+        """Tokenizer output: `input_ids` `(3, 7, 3)`, `attention_mask` and `item_indices` `(3, 7)`."""
+        return dict(tok(self.histories(tok, seed), return_tensors="pt"))
+
+    def prepare_masked_inputs(self, tok: SemanticIdTokenizer, seed: int = 0) -> dict:
+        """Masked item modelling inputs: the newest item of each row and position 2 of the full row masked."""
+        inputs = self.prepare_inputs(tok, seed)
+        masked = torch.zeros(self.batch_size, self.seq_length, dtype=torch.bool)
+        masked[:, -1] = True
+        masked[0, 2] = True
+        labels = inputs["input_ids"].masked_fill(~masked[..., None], -100)
+        inputs["input_ids"] = inputs["input_ids"].masked_fill(masked[..., None], tok.mask_token_id)
+        inputs["item_indices"] = inputs["item_indices"].masked_fill(masked, self.num_items + 1)
+        return {**inputs, "labels": labels}
+
+
+tester = QBert4RecModelTester()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny tensors: one intra-op thread, since handing 10-element ops to a thread pool on a busy machine costs
+    hundreds of milliseconds each."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def tok():
+    return tester.get_tokenizer()
+
+
+@pytest.fixture
+def model(tok):
+    return tester.get_model(tok).eval()
+
+
+# Shapes.
+@pytest.mark.parametrize("use_item_embedding", [False, True])
+def test_encoder_output_shape(tok, use_item_embedding):
+    encoder = QBert4RecModel(tester.get_config(use_item_embedding=use_item_embedding)).eval()
+    out = encoder(**tester.prepare_inputs(tok))
+    assert out.last_hidden_state.shape == (3, 7, 32)
+
+
+def test_masked_item_modeling_output_shapes(tok, model):
+    inputs = tester.prepare_masked_inputs(tok)
+    out = model(**{k: v for k, v in inputs.items() if k != "labels"})
+    assert isinstance(out, QBert4RecMaskedItemOutput) and out.loss is None
+    assert out.logits.shape == (3, 7, 3, 8)
+    assert out.last_hidden_state.shape == (3, 7, 32)
+    out = model(**inputs)
+    assert out.loss.shape == ()
+    assert out.logits.shape == (4, 3, 8)  # 4 labelled positions only (sparse prediction)
+    assert out.last_hidden_state.shape == (3, 7, 32)
+
+
+def test_scoring_and_recommend_shapes(tok, model):
+    inputs = tester.prepare_inputs(tok)
+    assert model.score_items(**inputs).shape == (3, 20)
+    out = model.recommend(**inputs, top_k=5)
+    assert isinstance(out, QBert4RecRecommendationOutput)
+    assert out.item_indices.shape == out.scores.shape == (3, 5)
+    assert out.item_indices.dtype == torch.long
+
+
+# Loss and gradients.
+@pytest.mark.parametrize("loss_type", ["codes", "items", "codes+items"])
+def test_loss_matches_its_definition(tok, loss_type):
+    """codes: mean cross-entropy over levels and masked positions; items: cross-entropy over the catalogue of the
+    item logits (sum of the item's code logits); codes+items: their sum."""
+    model = tester.get_model(tok, loss_type=loss_type).eval()
+    inputs = tester.prepare_masked_inputs(tok)
+    out = model(**inputs)
+    full_logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits  # (3, 7, 3, 8)
+    labelled = inputs["labels"][..., 0] != -100
+    logits, codes = full_logits[labelled], inputs["labels"][labelled] - (4 + 8 * torch.arange(3))  # (4, 3, 8), (4, 3)
+    codes_loss = F.cross_entropy(logits.reshape(-1, 8), codes.reshape(-1))
+    item_logits = torch.stack([sum(logits[:, level, tok.item_codes[i, level]] for level in range(3))
+                               for i in range(tester.num_items)], dim=1)  # (4, 20)
+    targets = torch.tensor([tok.item_codes.tolist().index(row) for row in codes.tolist()])
+    items_loss = F.cross_entropy(item_logits, targets)
+    expected = {"codes": codes_loss, "items": items_loss, "codes+items": codes_loss + items_loss}[loss_type]
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_loss_without_labelled_positions_is_zero_not_nan(tok, model):
+    inputs = tester.prepare_masked_inputs(tok)
+    inputs["labels"] = torch.full_like(inputs["labels"], -100)
+    loss = model.train()(**inputs).loss
+    assert loss.item() == 0.0
+    loss.backward()  # still part of the graph: a training step on such a batch does not crash
+
+
+@pytest.mark.parametrize("use_item_embedding", [False, True])
+def test_finite_loss_and_gradients_reach_every_parameter(tok, use_item_embedding):
+    model = tester.get_model(tok, use_item_embedding=use_item_embedding).train()
+    loss = model(**tester.prepare_masked_inputs(tok)).loss
+    assert torch.isfinite(loss) and loss.item() > 0
+    loss.backward()
+    names = [name for name, _ in model.named_parameters()]
+    assert any("item_embeddings" in name for name in names) == use_item_embedding
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None, f"{name} gets no gradient"
+        assert torch.isfinite(parameter.grad).all(), f"{name} has a non-finite gradient"
+        assert parameter.grad.abs().sum() > 0, f"{name} gets an all-zero gradient"
+
+
+# Padding.
+@pytest.mark.parametrize("use_item_embedding", [False, True])
+def test_more_left_padding_gives_the_same_scores(tok, use_item_embedding):
+    model = tester.get_model(tok, use_item_embedding=use_item_embedding).eval()
+    histories = tester.histories(tok)
+    batched = model.score_items(**tok(histories, return_tensors="pt"))  # rows 1 and 2 are left-padded to 7
+    for row, history in enumerate(histories):
+        alone = model.score_items(**tok([history], return_tensors="pt"))  # no padding at all
+        torch.testing.assert_close(batched[row : row + 1], alone, rtol=1e-5, atol=1e-5)
+    # The check can fail: a different history scores differently.
+    assert not torch.allclose(batched[1], batched[2], atol=1e-3)
+
+
+@pytest.mark.parametrize("use_item_embedding", [False, True])
+def test_padding_positions_content_changes_nothing(tok, use_item_embedding):
+    model = tester.get_model(tok, use_item_embedding=use_item_embedding).eval()
+    inputs = tester.prepare_inputs(tok)
+    padding = inputs["attention_mask"] == 0
+    # Fill every padding position with a real item (codes and index consistent), keep the attention mask.
+    noise = torch.randint(0, tester.num_items, padding.shape, generator=torch.Generator().manual_seed(1))
+    noisy = dict(inputs)
+    noisy["item_indices"] = torch.where(padding, noise, inputs["item_indices"])
+    noisy["input_ids"] = torch.where(padding[..., None], tok.item_token_ids[noise], inputs["input_ids"])
+    assert not torch.equal(noisy["input_ids"], inputs["input_ids"])
+    torch.testing.assert_close(model.score_items(**noisy), model.score_items(**inputs))
+    real = ~padding
+    torch.testing.assert_close(model(**noisy).logits[real], model(**inputs).logits[real])
+
+
+def test_history_longer_than_the_model_keeps_its_newest_items(tok, model):
+    history = tok.item_ids[:8]  # 8 items + [MASK] > max_position_embeddings = 8
+    long = model.score_items(**tok([history], return_tensors="pt", max_len=8))
+    newest = model.score_items(**tok([history[1:]], return_tensors="pt"))
+    torch.testing.assert_close(long, newest)
+
+
+# Causal attention (the SASRec baseline).
+def test_causal_attention_never_looks_at_later_positions(tok):
+    model = tester.get_model(tok, is_causal=True).eval()
+    inputs = tester.prepare_inputs(tok)
+    changed = {key: value.clone() for key, value in inputs.items()}
+    newest = (changed["item_indices"][:, -1] + 1) % tester.num_items  # another newest item in every row
+    changed["item_indices"][:, -1] = newest
+    changed["input_ids"][:, -1] = tok.item_token_ids[newest]
+    before, after = model(**inputs).last_hidden_state, model(**changed).last_hidden_state
+    torch.testing.assert_close(after[:, :-1], before[:, :-1])
+    assert not torch.allclose(after[:, -1], before[:, -1])
+    bidirectional = tester.get_model(tok).eval()  # the check can fail: bidirectional attention looks ahead
+    assert not torch.allclose(bidirectional(**changed).last_hidden_state[0, :-1],
+                              bidirectional(**inputs).last_hidden_state[0, :-1])
+
+
+def test_causal_scores_come_from_the_newest_position_and_ignore_padding(tok):
+    model = tester.get_model(tok, is_causal=True).eval()
+    histories = tester.histories(tok)
+    inputs = tok(histories, return_tensors="pt")
+    log_probs = model(**inputs).logits[:, -1].log_softmax(dim=-1)  # (B, L, K) at the newest item, no [MASK]
+    reference = sum(log_probs[:, level, tok.item_codes[:, level]] for level in range(3))  # (B, num_items)
+    torch.testing.assert_close(model.score_items(**inputs), reference)
+    for row, history in enumerate(histories):
+        alone = model.score_items(**tok([history], return_tensors="pt"))
+        torch.testing.assert_close(model.score_items(**inputs)[row : row + 1], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_causal_model_refuses_right_padded_histories(tok):
+    model = tester.get_model(tok, is_causal=True).eval()
+    flipped = {key: value.flip(1) for key, value in tester.prepare_inputs(tok).items()}
+    with pytest.raises(ValueError, match=r"histories must be left-padded \(newest item last\)"):
+        model.recommend(**flipped, top_k=3)
+
+
+# Determinism and save/load.
+def test_eval_is_deterministic_and_train_is_not(tok, model):
+    inputs = tester.prepare_inputs(tok)
+    assert torch.equal(model.score_items(**inputs), model.score_items(**inputs))
+    model.train()
+    assert not torch.equal(model.score_items(**inputs), model.score_items(**inputs))  # dropout is on
+
+
+@pytest.mark.parametrize("use_item_embedding", [False, True])
+def test_save_load_gives_identical_outputs(tok, tmp_path, use_item_embedding):
+    model = tester.get_model(tok, use_item_embedding=use_item_embedding).eval()
+    model.save_pretrained(tmp_path)
+    inputs = tester.prepare_masked_inputs(tok)
+    expected = model(**inputs)
+    for reloaded in (
+        QBert4RecForMaskedItemModeling.from_pretrained(tmp_path),
+        AutoModel.from_pretrained(tmp_path, trust_remote_code=True),
+    ):
+        assert not reloaded.training
+        assert torch.equal(reloaded.item_codes, tok.item_codes)  # the catalogue travels with the weights
+        got = reloaded(**inputs)
+        assert torch.equal(got.loss, expected.loss) and torch.equal(got.logits, expected.logits)
+        plain = {k: v for k, v in inputs.items() if k != "labels"}
+        assert torch.equal(reloaded.score_items(**plain), model.score_items(**plain))
+
+
+def test_auto_model_returns_the_recommending_model(tok, tmp_path, model):
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModel.from_pretrained(tmp_path, trust_remote_code=True)
+    assert type(reloaded).__name__ == "QBert4RecForMaskedItemModeling"
+    inputs = tester.prepare_inputs(tok)
+    assert torch.equal(reloaded.recommend(**inputs, top_k=4).item_indices, model.recommend(**inputs, top_k=4).item_indices)
+
+
+# Initialisation.
+def test_init_with_tiny_range_gives_zero_weights_and_unit_norms(tok):
+    """transformers' `_config_zero_init` check: every parameter goes through `_init_weights`."""
+    model = tester.get_model(tok, initializer_range=1e-10, use_item_embedding=True)
+    for name, parameter in model.named_parameters():
+        mean = ((parameter.data.mean() * 1e9).round() / 1e9).item()
+        expected = 1.0 if "norm" in name.lower() and name.endswith("weight") else 0.0
+        assert mean == expected, f"{name} is not initialised by _init_weights (mean {mean})"
+
+
+def test_init_uses_initializer_range(tok):
+    model = tester.get_model(tok, initializer_range=0.02, use_item_embedding=True)
+    embeddings = model.qbert4rec.embeddings
+    code_rows = embeddings.code_embeddings.weight[4:]
+    assert 0.015 < code_rows.std().item() < 0.025
+    assert (embeddings.code_embeddings.weight[0] == 0).all()  # [PAD] row
+    assert (embeddings.item_embeddings.weight[tester.num_items] == 0).all()  # padding item row
+    assert (model.head.bias == 0).all()
+
+
+# Scoring the catalogue.
+def test_score_items_equals_a_slow_reference(tok, model):
+    inputs = tester.prepare_inputs(tok)
+    batch = inputs["input_ids"].shape[0]
+    # Reference: append [MASK], run the forward pass, then for each item sum its codes' log-probabilities.
+    mask = torch.full((batch, 1, 3), tok.mask_token_id)
+    logits = model(
+        input_ids=torch.cat([inputs["input_ids"], mask], dim=1),
+        attention_mask=torch.cat([inputs["attention_mask"], torch.ones(batch, 1, dtype=torch.long)], dim=1),
+        item_indices=torch.cat([inputs["item_indices"], torch.full((batch, 1), tester.num_items + 1)], dim=1),
+    ).logits[:, -1]  # (B, L, K)
+    log_probs = logits.log_softmax(dim=-1)
+    reference = torch.tensor(
+        [[sum(log_probs[b, level, tok.item_codes[i, level]].item() for level in range(3)) for i in range(20)]
+         for b in range(batch)]
+    )
+    torch.testing.assert_close(model.score_items(**inputs), reference, rtol=1e-5, atol=1e-5)
+    # Scores are log-probabilities of a distribution over all 8**3 tuples, so the catalogue's sum stays below 1.
+    assert (model.score_items(**inputs).exp().sum(dim=1) < 1).all()
+
+
+def test_recommend_ranks_by_score_and_respects_top_k(tok, model):
+    inputs = tester.prepare_inputs(tok)
+    scores = model.score_items(**inputs)
+    for top_k in (1, 7, 20):
+        out = model.recommend(**inputs, top_k=top_k)
+        assert out.item_indices.shape == (3, top_k)
+        assert ((out.item_indices >= 0) & (out.item_indices < tester.num_items)).all()
+        assert (out.scores[:, :-1] >= out.scores[:, 1:]).all()  # best first
+        torch.testing.assert_close(out.scores, scores.gather(1, out.item_indices))
+        torch.testing.assert_close(out.scores[:, 0], scores.max(dim=1).values)
+    every = model.recommend(**inputs, top_k=20).item_indices
+    assert all(sorted(row) == list(range(20)) for row in every.tolist())  # never padding or [MASK]
+
+
+def test_recommend_keeps_history_items_unless_excluded(tok, model):
+    inputs = tester.prepare_inputs(tok)
+    history_sets = [set(row[mask.bool()].tolist()) for row, mask in zip(inputs["item_indices"], inputs["attention_mask"])]
+    top_k = tester.num_items - max(len(s) for s in history_sets)
+    kept = model.recommend(**inputs, top_k=tester.num_items).item_indices
+    assert all(s <= set(row) for s, row in zip(history_sets, kept.tolist()))  # the default keeps them as candidates
+    out = model.recommend(**inputs, top_k=top_k, exclude_history=True)
+    for history, row, scores in zip(history_sets, out.item_indices.tolist(), out.scores):
+        assert history.isdisjoint(row)
+        assert torch.isfinite(scores).all()
+
+
+def test_exclude_history_refuses_a_top_k_it_cannot_fill(tok, model):
+    batch = tok([tok.item_ids[:2], tok.item_ids[:7]], return_tensors="pt")  # 18 and 13 candidates left
+    assert model.recommend(**batch, top_k=13, exclude_history=True).item_indices.shape == (2, 13)
+    with pytest.raises(ValueError, match=r"top_k=14 exceeds the 13 items left in history 1 after exclude_history"):
+        model.recommend(**batch, top_k=14, exclude_history=True)
+
+
+def test_recommend_through_the_tokenizer_returns_item_ids(tok, model):
+    batch = tok([[tok.item_ids[3], tok.item_ids[4]], [tok.item_ids[9]]], return_tensors="pt")
+    out = model.recommend(**batch, top_k=10)
+    decoded = tok.decode_items(out.item_indices)
+    assert len(decoded) == 2 and all(len(row) == 10 and set(row) <= set(tok.item_ids) for row in decoded)
+
+
+# Bad input.
+def test_wrong_input_ids_shape_is_refused(tok, model):
+    inputs = tester.prepare_inputs(tok)
+    with pytest.raises(ValueError, match=r"input_ids must have shape \(batch, seq_len, num_codebooks=3\), got \(3, 7\)"):
+        model(inputs["input_ids"][..., 0], inputs["attention_mask"])
+    with pytest.raises(ValueError, match=r"num_codebooks=3\), got \(3, 7, 2\)"):
+        model.qbert4rec(inputs["input_ids"][..., :2], inputs["attention_mask"])
+
+
+def test_too_long_sequence_is_refused(tok, model):
+    input_ids = tok.item_token_ids[torch.arange(9)][None]  # (1, 9, 3) > max_position_embeddings = 8
+    with pytest.raises(ValueError, match=r"sequence of 9 positions exceeds max_position_embeddings=8"):
+        model(input_ids, torch.ones(1, 9, dtype=torch.long))
+
+
+def test_right_padded_history_is_refused(tok, model):
+    inputs = tester.prepare_inputs(tok)
+    flipped = {key: value.flip(1) for key, value in inputs.items()}  # padding now on the right
+    with pytest.raises(ValueError, match=r"histories must be left-padded \(newest item last\)"):
+        model.recommend(**flipped, top_k=3)
+
+
+@pytest.mark.parametrize("top_k", [0, 21, -3])
+def test_top_k_out_of_range_is_refused(tok, model, top_k):
+    with pytest.raises(ValueError, match=rf"top_k must be in \[1, num_items=20\], got {top_k}"):
+        model.recommend(**tester.prepare_inputs(tok), top_k=top_k)
+
+
+def test_exclude_history_without_item_indices_is_refused(tok, model):
+    inputs = tester.prepare_inputs(tok)
+    with pytest.raises(ValueError, match=r"exclude_history=True needs item_indices"):
+        model.recommend(inputs["input_ids"], inputs["attention_mask"], top_k=3, exclude_history=True)
+
+
+def test_labels_of_the_wrong_shape_are_refused(tok, model):
+    inputs = tester.prepare_masked_inputs(tok)
+    inputs["labels"] = inputs["labels"][..., 0]
+    with pytest.raises(ValueError, match=r"labels must have the shape of input_ids \(3, 7, 3\), got \(3, 7\)"):
+        model(**inputs)
+
+
+def test_labels_holding_special_tokens_are_refused(tok, model):
+    inputs = tester.prepare_masked_inputs(tok)
+    inputs["labels"][0, -1, 1] = tok.mask_token_id
+    with pytest.raises(ValueError, match=r"labels must be code token ids \(or -100\)"):
+        model(**inputs)
+
+
+def test_item_embedding_model_needs_item_indices(tok):
+    model = tester.get_model(tok, use_item_embedding=True).eval()
+    inputs = tester.prepare_inputs(tok)
+    with pytest.raises(ValueError, match=r"use_item_embedding=True\): pass item_indices"):
+        model(inputs["input_ids"], inputs["attention_mask"])
+
+
+def test_set_item_codes_refuses_a_wrong_table(tok, model):
+    with pytest.raises(ValueError, match=r"item_codes must have shape \(20, 3\), got \(19, 3\)"):
+        model.set_item_codes(tok.item_codes[:19])
+    bad = tok.item_codes.clone()
+    bad[0, 0] = 8
+    with pytest.raises(ValueError, match=r"item codes must lie in \[0, codebook_size=8\)"):
+        model.set_item_codes(bad)
+
+
+def test_check_tokenizer_accepts_its_own_and_refuses_another_table(tok, model):
+    model.check_tokenizer(tok)
+    with pytest.raises(ValueError, match=r"different item tables \(tokenizer: 25 items x 3 codes of 8; model: 20 x 3 of 8\)"):
+        model.check_tokenizer(tester.get_tokenizer(num_items=25))
+    with pytest.raises(ValueError, match=r"different item tables.*same shapes but different codes.*same checkpoint"):
+        model.check_tokenizer(tester.get_tokenizer(seed=1))
+
+
+def test_score_items_refuses_inputs_from_another_table(tok, model):
+    other = tester.get_tokenizer(seed=1)  # same item ids and sizes, other semantic IDs
+    with pytest.raises(ValueError, match=r"input_ids do not match this model's item table.*different item table"):
+        model.score_items(**tester.prepare_inputs(other))
+    with pytest.raises(ValueError, match=r"input_ids do not match this model's item table"):
+        model.recommend(**tester.prepare_inputs(other), top_k=3)
+    bigger = tester.get_tokenizer(num_items=25)
+    batch = bigger([[bigger.item_ids[24]]], return_tensors="pt")  # item index 24 is beyond the model's 20 items
+    with pytest.raises(ValueError, match=r"item_indices outside \[0, 21\]: the tokenizer was built for a different"):
+        model.score_items(**batch)
+
+
+def test_empty_history_still_gets_recommendations(tok, model):
+    batch = tok([[], [tok.item_ids[0]]], return_tensors="pt")
+    out = model.recommend(**batch, top_k=3, exclude_history=True)
+    assert torch.isfinite(out.scores).all() and out.item_indices.shape == (2, 3)
+    assert 0 not in out.item_indices[1].tolist()

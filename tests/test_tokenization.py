@@ -1,0 +1,255 @@
+"""SemanticIdTokenizer: round trips, save/load identity, truncation, padding, rendering and bad input."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from tokenization_semantic_id import SPECIAL_TOKENS, SemanticIdTokenizer
+
+NUM_CODEBOOKS, CODEBOOK_SIZE, NUM_ITEMS = 3, 8, 20
+
+
+def tiny_codes(num_items=NUM_ITEMS, seed=0) -> torch.Tensor:
+    """`(num_items, 3)` unique code tuples: two random levels plus a disambiguation level (TIGER's scheme)."""
+    generator = torch.Generator().manual_seed(seed)
+    semantic = torch.randint(0, CODEBOOK_SIZE, (num_items, NUM_CODEBOOKS - 1), generator=generator)
+    disambiguation = torch.zeros(num_items, 1, dtype=torch.long)
+    seen = {}
+    for i, row in enumerate(map(tuple, semantic.tolist())):
+        disambiguation[i, 0] = seen.get(row, 0)
+        seen[row] = seen.get(row, 0) + 1
+    return torch.cat([semantic, disambiguation], dim=1)
+
+
+def tiny_item_ids(num_items=NUM_ITEMS) -> list:
+    return [f"B00ITEM{i:03d}" for i in range(num_items)]
+
+
+@pytest.fixture
+def tok():
+    return SemanticIdTokenizer.from_codes(tiny_item_ids(), tiny_codes(), CODEBOOK_SIZE, max_len=5)
+
+
+def _write_table(path, **overrides):
+    table = {
+        "num_codebooks": NUM_CODEBOOKS,
+        "codebook_size": CODEBOOK_SIZE,
+        "item_ids": tiny_item_ids(4),
+        "codes": [[0, 0, 0], [0, 0, 1], [1, 2, 0], [7, 7, 7]],
+    }
+    table.update(overrides)
+    path.write_text(json.dumps(table))
+
+
+# Items -> inputs -> items.
+def test_round_trip_items_to_inputs_to_items(tok):
+    histories = [tok.item_ids[:4], tok.item_ids[10:12], [tok.item_ids[19]]]
+    batch = tok(histories, return_tensors="pt")
+    assert batch["input_ids"].shape == (3, 4, NUM_CODEBOOKS)
+    assert batch["attention_mask"].shape == batch["item_indices"].shape == (3, 4)
+    for row, history in enumerate(histories):
+        real = batch["attention_mask"][row].bool()
+        assert tok.decode_items(batch["item_indices"][row][real]) == history
+        # Each real position holds the token ids of its item's codes.
+        assert torch.equal(batch["input_ids"][row][real], tok.item_token_ids[batch["item_indices"][row][real]])
+    assert tok.encode_items(histories[0]) == [0, 1, 2, 3]
+    assert tok.decode_items([[0, 1], [19]]) == [tok.item_ids[:2], [tok.item_ids[19]]]
+    assert tok.decode_items(batch["item_indices"][0].numpy()) == histories[0]
+    assert tok.decode_items(batch["item_indices"][0, -1]) == histories[0][-1]
+
+
+def test_one_history_as_a_flat_list_is_a_batch_of_one(tok):
+    assert tok(tok.item_ids[:2])["item_indices"] == [[0, 1]]
+
+
+def test_return_lists_match_return_tensors(tok):
+    histories = [tok.item_ids[:3], [tok.item_ids[5]]]
+    as_lists, as_tensors = tok(histories), tok(histories, return_tensors="pt")
+    for key in ("input_ids", "attention_mask", "item_indices"):
+        assert as_lists[key] == as_tensors[key].tolist()
+
+
+def test_left_padding_puts_the_newest_item_last(tok):
+    batch = tok([tok.item_ids[:3], [tok.item_ids[7]]], return_tensors="pt")
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert batch["item_indices"][1].tolist() == [NUM_ITEMS, NUM_ITEMS, 7]
+    assert (batch["input_ids"][1, :2] == tok.pad_token_id).all()
+
+
+def test_truncation_keeps_the_newest_items(tok):
+    history = tok.item_ids[:9]
+    assert tok.decode_items(tok([history])["item_indices"])[0] == history[-5:]  # tokenizer max_len = 5
+    assert tok.decode_items(tok([history], max_len=2)["item_indices"])[0] == history[-2:]
+
+
+def test_empty_history_is_one_padding_position(tok):
+    batch = tok([[], tok.item_ids[:2]], return_tensors="pt")
+    assert batch["attention_mask"].tolist() == [[0, 0], [1, 1]]
+
+
+# Table and vocabulary.
+def test_render_format(tok):
+    a, b, c = tiny_codes()[3].tolist()
+    assert tok.render(tok.item_ids[3]) == f"<a_{a}><b_{b}><c_{c}>"
+
+
+def test_specials_never_collide_with_code_tokens(tok):
+    vocab = tok.get_vocab()
+    special_ids = {vocab[token] for token in SPECIAL_TOKENS}
+    assert special_ids == set(range(len(SPECIAL_TOKENS)))
+    assert {tok.pad_token_id, tok.mask_token_id, tok.unk_token_id, tok.sep_token_id} == special_ids
+    assert special_ids.isdisjoint(tok.item_token_ids.flatten().tolist())
+    assert len(set(vocab.values())) == len(vocab) == tok.vocab_size == 4 + NUM_CODEBOOKS * CODEBOOK_SIZE
+    # Each level owns its own span of ids: level l's codes lie in [4 + l * 8, 4 + (l + 1) * 8).
+    for level in range(NUM_CODEBOOKS):
+        ids = tok.item_token_ids[:, level]
+        assert ((ids >= 4 + level * CODEBOOK_SIZE) & (ids < 4 + (level + 1) * CODEBOOK_SIZE)).all()
+    a, b, c = tiny_codes()[3].tolist()
+    assert tok.convert_ids_to_tokens(tok.item_token_ids[3].tolist()) == [f"<a_{a}>", f"<b_{b}>", f"<c_{c}>"]
+
+
+def test_table_is_injective(tok):
+    assert len({tuple(row) for row in tok.item_codes.tolist()}) == tok.num_items == NUM_ITEMS
+
+
+# Save / load.
+def test_save_load_identity(tok, tmp_path):
+    tok.save_pretrained(tmp_path)
+    assert (tmp_path / "semantic_ids.json").is_file()
+    histories = [tok.item_ids[2:9], [tok.item_ids[0]]]
+    for reloaded in (
+        SemanticIdTokenizer.from_pretrained(tmp_path),
+        AutoTokenizer.from_pretrained(tmp_path, trust_remote_code=True),
+    ):
+        assert reloaded.item_ids == tok.item_ids
+        assert torch.equal(reloaded.item_codes, tok.item_codes)
+        assert reloaded.table_fingerprint == tok.table_fingerprint
+        assert reloaded.max_len == 5 and reloaded.unknown_items == "error"
+        assert reloaded.get_vocab() == tok.get_vocab()
+        expected, got = tok(histories, return_tensors="pt"), reloaded(histories, return_tensors="pt")
+        for key in ("input_ids", "attention_mask", "item_indices"):
+            assert torch.equal(got[key], expected[key])
+
+
+def test_auto_tokenizer_uses_the_checkpoint_code(tok, tmp_path):
+    tok.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert config["auto_map"]["AutoTokenizer"][0] == "tokenization_semantic_id.SemanticIdTokenizer"
+    assert (tmp_path / "tokenization_semantic_id.py").is_file()
+    reloaded = AutoTokenizer.from_pretrained(tmp_path, trust_remote_code=True)
+    assert type(reloaded).__module__.startswith("transformers_modules")
+
+
+def test_fingerprint_changes_with_the_table(tok):
+    renamed = SemanticIdTokenizer.from_codes(tok.item_ids[:-1] + ["OTHER"], tiny_codes(), CODEBOOK_SIZE)
+    recoded = SemanticIdTokenizer.from_codes(tok.item_ids, tiny_codes(seed=1), CODEBOOK_SIZE)
+    assert len({tok.table_fingerprint, renamed.table_fingerprint, recoded.table_fingerprint}) == 3
+
+
+# Unknown items.
+def test_unknown_item_raises_key_error_naming_it(tok):
+    with pytest.raises(KeyError, match=r"unknown item id 'NOT-AN-ASIN'.*unknown_items='skip'"):
+        tok([[tok.item_ids[0], "NOT-AN-ASIN"]])
+    with pytest.raises(KeyError, match="NOT-AN-ASIN"):
+        tok.render("NOT-AN-ASIN")
+
+
+def test_unknown_item_skipped_when_asked(tok, tmp_path):
+    history = [tok.item_ids[0], "NOT-AN-ASIN", tok.item_ids[1]]
+    assert tok.decode_items(tok([history], unknown_items="skip")["item_indices"]) == [tok.item_ids[:2]]
+    assert tok.encode_items(history, unknown_items="skip") == [0, 1]
+    tok.save_pretrained(tmp_path)
+    lenient = SemanticIdTokenizer.from_pretrained(tmp_path, unknown_items="skip")
+    assert lenient([history])["item_indices"] == [[0, 1]]
+
+
+def test_bad_unknown_items_policy_is_refused(tok, tmp_path):
+    with pytest.raises(ValueError, match=r"unknown_items must be one of \('error', 'skip'\), got 'ignore'"):
+        tok([tok.item_ids[:2]], unknown_items="ignore")
+    tok.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"unknown_items must be one of \('error', 'skip'\), got 'drop'"):
+        SemanticIdTokenizer.from_pretrained(tmp_path, unknown_items="drop")
+
+
+def test_decode_of_an_index_outside_the_table_is_refused(tok):
+    with pytest.raises(IndexError, match=r"item index 20 is outside this tokenizer's table \[0, 20\)"):
+        tok.decode_items([[3, NUM_ITEMS]])
+
+
+# Bad input to __call__.
+def test_bare_string_is_refused(tok):
+    with pytest.raises(TypeError, match="not a string"):
+        tok("B00ITEM000")
+    with pytest.raises(TypeError, match="each history must be a list of item ids, got str"):
+        tok([["B00ITEM000"], "B00ITEM001"])
+
+
+def test_empty_batch_bad_max_len_and_bad_return_tensors_are_refused(tok):
+    with pytest.raises(ValueError, match="histories is empty"):
+        tok([])
+    with pytest.raises(ValueError, match=r"max_len must be a positive integer, got -1"):
+        tok([tok.item_ids[:3]], max_len=-1)
+    with pytest.raises(ValueError, match=r"return_tensors must be 'pt' or None, got 'np'"):
+        tok([tok.item_ids[:3]], return_tensors="np")
+    with pytest.raises(TypeError, match="unexpected arguments: padding"):
+        tok([tok.item_ids[:3]], padding=True)
+
+
+# Bad tables: refused when built and when loaded.
+def test_from_codes_refuses_duplicate_tuples():
+    with pytest.raises(ValueError, match=r"from_codes: items 'x' and 'y' share the semantic ID \[1, 2, 3\]"):
+        SemanticIdTokenizer.from_codes(["x", "y"], [[1, 2, 3], [1, 2, 3]], CODEBOOK_SIZE)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"codes": [[0, 0, 0], [0, 0, 1], [0, 0, 1], [7, 7, 7]]},
+         r"items 'B00ITEM001' and 'B00ITEM002' share the semantic ID \[0, 0, 1\].*disambiguation"),
+        ({"item_ids": ["B00ITEM000", "B00ITEM001", "B00ITEM000", "B00ITEM003"]},
+         r"item id 'B00ITEM000' appears more than once"),
+        ({"codes": [[0, 0, 0], [0, 0, 1], [1, 8, 0], [7, 7, 7]]},
+         r"item 'B00ITEM002' has a code outside \[0, 8\): \[1, 8, 0\]"),
+        ({"codes": [[0, 0, 0], [0, 0, 1], [1, -1, 0], [7, 7, 7]]}, r"item 'B00ITEM002' has a code outside"),
+        ({"codes": [[0, 0, 0], [0, 0], [1, 2, 0], [7, 7, 7]]}, r"item 'B00ITEM001' has 2 codes, expected 3"),
+        ({"codes": [[0, 0, 0]]}, r"4 item ids but 1 code tuples"),
+        ({"item_ids": [], "codes": []}, r"holds no items"),
+        ({"item_ids": ["a", "", "c", "d"]}, r"item ids must be non-empty strings, got ''"),
+        ({"num_codebooks": 27}, r"num_codebooks must be in \[1, 26\], got 27"),
+        ({"codebook_size": 0}, r"codebook_size must be positive, got 0"),
+    ],
+)
+def test_bad_table_is_refused_on_load(tmp_path, overrides, message):
+    SemanticIdTokenizer.from_codes(tiny_item_ids(4), [[0, 0, 0], [0, 0, 1], [1, 2, 0], [7, 7, 7]],
+                                   CODEBOOK_SIZE).save_pretrained(tmp_path)
+    _write_table(tmp_path / "semantic_ids.json", **overrides)
+    with pytest.raises(ValueError, match=message) as error:
+        SemanticIdTokenizer.from_pretrained(tmp_path)
+    assert "semantic_ids.json" in str(error.value)  # the message names the file
+
+
+def test_bad_table_is_refused_through_auto_tokenizer(tmp_path):
+    SemanticIdTokenizer.from_codes(tiny_item_ids(4), [[0, 0, 0], [0, 0, 1], [1, 2, 0], [7, 7, 7]],
+                                   CODEBOOK_SIZE).save_pretrained(tmp_path)
+    _write_table(tmp_path / "semantic_ids.json", codes=[[0, 0, 0], [0, 0, 0], [1, 2, 0], [7, 7, 7]])
+    with pytest.raises(ValueError, match=r"share the semantic ID \[0, 0, 0\]"):
+        AutoTokenizer.from_pretrained(tmp_path, trust_remote_code=True)
+
+
+def test_table_missing_a_key_or_not_json_is_refused(tmp_path):
+    SemanticIdTokenizer.from_codes(tiny_item_ids(4), [[0, 0, 0], [0, 0, 1], [1, 2, 0], [7, 7, 7]],
+                                   CODEBOOK_SIZE).save_pretrained(tmp_path)
+    table = tmp_path / "semantic_ids.json"
+    table.write_text(json.dumps({"num_codebooks": 3, "codebook_size": 8, "item_ids": ["a"]}))
+    with pytest.raises(ValueError, match=r"semantic_ids.json: semantic-ID table lacks 'codes'"):
+        SemanticIdTokenizer.from_pretrained(tmp_path)
+    table.write_text('{"num_codebooks": 3, "codebook_size": ')  # truncated file
+    with pytest.raises(ValueError, match=r"semantic_ids.json: not a valid semantic-ID table"):
+        SemanticIdTokenizer.from_pretrained(tmp_path)
+
+
+def test_missing_table_file_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"needs its table file semantic_ids.json"):
+        SemanticIdTokenizer(vocab_file=str(tmp_path / "absent.json"))
