@@ -11,12 +11,20 @@ def load_sequences(dataset_dir) -> DatasetDict:
     path = Path(dataset_dir) / "sequences"
     if not path.is_dir():
         raise FileNotFoundError(f"{path} not found: run training/prepare_data.py --output_dir {dataset_dir} first")
-    sequences = load_from_disk(str(path))
+    try:
+        sequences = load_from_disk(str(path))
+    except IndexError:  # datasets cannot read back a split saved with zero rows
+        raise ValueError(f"{path}: a split is empty (no rows could be read)") from None
+    return check_sequences(sequences, path)
+
+
+def check_sequences(sequences: DatasetDict, source="sequences") -> DatasetDict:
+    """Refuse a DatasetDict that lacks a split or has an empty one."""
     for split in ("train", "validation", "test"):
         if split not in sequences:
-            raise ValueError(f"{path} lacks the '{split}' split")
+            raise ValueError(f"{source} lacks the '{split}' split")
         if len(sequences[split]) == 0:
-            raise ValueError(f"{path}: the '{split}' split is empty")
+            raise ValueError(f"{source}: the '{split}' split is empty")
     return sequences
 
 
