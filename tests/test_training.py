@@ -10,7 +10,7 @@ from datasets import Dataset, DatasetDict
 from transformers import AutoModel, AutoTokenizer
 
 from tokenization_semantic_id import SemanticIdTokenizer
-from training import evaluate, finetune, pretrain
+from training import evaluate, export, finetune, pretrain
 from training.config import parse_args
 from training.loop import LoopArgs, make_accelerator, train
 from training.masking import HistoryCollator, MultiMaskCollator
@@ -162,3 +162,24 @@ def test_empty_dataset_is_refused(tiny, tmp_path):
 def test_finetune_requires_paths():
     with pytest.raises(ValueError, match="--pretrained_dir and --dataset_dir are required"):
         finetune.main(["--report_to", "none"])
+
+
+def test_export_writes_a_card_whose_usage_block_runs(tiny, capsys):
+    root, _, _, metrics = tiny
+    folder = root / "ft" / "final"
+    readme = export.main(["--model_dir", str(folder), "--metrics", str(root / "ft" / "metrics.json"), "--dataset", "tiny-ring"])
+    card = readme.read_text()
+    assert "{checkpoint}" not in card and "{example_history}" not in card and "Template of" not in card
+    assert f"| Q-Bert4Rec (this checkpoint) | {metrics['recall@5']:.4f} |" in card
+    assert (folder / "metrics.json").is_file()
+    code = card.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert printed.count("I0") == 10  # ten recommended item ids
+
+
+def test_export_refuses_a_folder_that_is_no_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a checkpoint folder"):
+        export.main(["--model_dir", str(tmp_path)])
+    with pytest.raises(ValueError, match="--model_dir is required"):
+        export.main([])
