@@ -259,6 +259,23 @@ def test_scientific_image_matrix(scientific_dir):
         ef.read_feature_matrix(scientific_dir / "Scientific.feat3CLS", num_items=1500, dim=512)
 
 
+def test_dataset_matrices_come_from_the_prepared_summary(scientific_dir, tmp_path):
+    from training.data import read_recbole, save_prepared
+
+    prepared = read_recbole(scientific_dir)
+    save_prepared(prepared.sequences, prepared.items, prepared.summary, tmp_path / "data")
+    ef.main(["--dataset_dir", str(tmp_path / "data"), "--modalities", "text,image", "--text_matrix", "dataset",
+             "--image_matrix", "dataset"])
+    loaded = ef.load_features(tmp_path / "data" / "features", ["text", "image"])
+    direct = ef.read_feature_matrix(scientific_dir / "Scientific.feat3CLS", num_items=1585, dim=512)
+    assert loaded["text"][0].shape == (1585, 1, 512)
+    assert np.allclose(loaded["image"][0][:, 0].numpy(), direct)
+    # A dataset whose summary names no matrix gives a clear error.
+    (tmp_path / "data" / "summary.json").write_text("{}")
+    with pytest.raises(ValueError, match="--image_matrix dataset: .*summary.json names no image matrix"):
+        ef.main(["--dataset_dir", str(tmp_path / "data"), "--modalities", "image", "--image_matrix", "dataset", "--no_cache"])
+
+
 # ----------------------------------------------------------------------------------------------- settings
 
 

@@ -92,7 +92,9 @@ class FeatureArgs:
     )
     max_length: int = field(default=256, metadata={"help": "Maximum tokens per text (longer texts are truncated)."})
     text_matrix: str = field(
-        default="", metadata={"help": "Precomputed text vectors (.npy or raw float32), one row per item index."}
+        default="",
+        metadata={"help": "Precomputed text vectors (.npy or raw float32), one row per item index; 'dataset' = the "
+                          "matrix the prepared dataset's summary.json names (e.g. Scientific's CLIP vectors)."},
     )
     image_encoder: str = field(
         default=EFFICIENTNET_NAME,
@@ -103,7 +105,9 @@ class FeatureArgs:
     )
     image_size: int = field(default=224, metadata={"help": "EfficientNet input resolution (HF models use their processor)."})
     image_matrix: str = field(
-        default="", metadata={"help": "Precomputed image vectors (.npy or raw float32), one row per item index."}
+        default="",
+        metadata={"help": "Precomputed image vectors (.npy or raw float32), one row per item index; 'dataset' = the "
+                          "matrix the prepared dataset's summary.json names."},
     )
     matrix_dim: int = field(default=0, metadata={"help": "Columns of a raw float32 --text_matrix / --image_matrix (.npy files carry their shape)."})
     cooccurrence_window: int = field(
@@ -737,6 +741,21 @@ def cached_or_computed(name: str, key: str, output_path: Path, cache_dir: Path, 
 # ----------------------------------------------------------------------------------------------- main
 
 
+def resolve_dataset_matrices(args: FeatureArgs, dataset_dir: Path) -> FeatureArgs:
+    """Replace `--text_matrix dataset` / `--image_matrix dataset` by the path and dim in `summary.json`."""
+    matrices = {}
+    if "dataset" in (args.text_matrix, args.image_matrix):
+        summary_path = dataset_dir / "summary.json"
+        matrices = json.loads(summary_path.read_text()).get("feature_matrices", {}) if summary_path.is_file() else {}
+    for modality in ("text", "image"):
+        if getattr(args, f"{modality}_matrix") != "dataset":
+            continue
+        if modality not in matrices:
+            raise ValueError(f"--{modality}_matrix dataset: {dataset_dir / 'summary.json'} names no {modality} matrix")
+        args = dataclasses.replace(args, **{f"{modality}_matrix": matrices[modality]["path"], "matrix_dim": matrices[modality]["dim"]})
+    return args
+
+
 def extract_features(args: FeatureArgs) -> dict:
     """Build every requested modality; returns `{modality: "computed" | "cached" | "skipped: why"}`."""
     if not args.dataset_dir:
@@ -749,6 +768,7 @@ def extract_features(args: FeatureArgs) -> dict:
     device = resolve_device(args.device)
     items = load_items(dataset_dir)
     item_ids, num_items = items["item_id"], len(items)
+    args = resolve_dataset_matrices(args, dataset_dir)
     use_cache = not args.no_cache
     status = {}
 
