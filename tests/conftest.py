@@ -16,19 +16,19 @@ def _dataset_dir(name: str):
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def beauty_dir():
     """`../shared/data/amazon-beauty` (S3-Rec format)."""
     return _dataset_dir("amazon-beauty")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def scientific_dir():
     """`../shared/data/amazon-scientific-mm` (RecBole atomic files + CLIP feature matrices)."""
     return _dataset_dir("amazon-scientific-mm")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def office_dir():
     """`../shared/data/amazon-office` (LC-Rec / LETTER JSON)."""
     return _dataset_dir("amazon-office")

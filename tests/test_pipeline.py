@@ -1,0 +1,94 @@
+"""The whole pipeline on the smoke slice of real Beauty data, and a training run killed with SIGKILL then resumed."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from transformers import AutoModel, AutoTokenizer
+
+from training import pipeline
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(REPO_ROOT / "configs" / "smoke.yaml")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, beauty_dir):
+    out = tmp_path_factory.mktemp("smoke")
+    pipeline.main(["--config", SMOKE, "--output_dir", str(out)])
+    return out
+
+
+def test_smoke_pipeline_ends_with_a_loadable_model_and_metrics(smoke_run):
+    metrics = json.loads((smoke_run / "metrics.json").read_text())
+    summary = json.loads((smoke_run / "data" / "summary.json").read_text())
+    assert metrics["num_users"] == summary["users"] == 300
+    assert metrics["num_items"] == summary["items"]
+    assert set(metrics["seconds_per_stage"]) == set(pipeline.STAGES)
+    for key in ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr"):
+        assert 0.0 <= metrics[key] <= 1.0
+    stats = json.loads((smoke_run / "semantic_ids" / "codebook_stats.json").read_text())
+    assert stats["num_items"] == summary["items"] and stats["levels"][-1]["distinct_prefixes"] == summary["items"]
+    tok = AutoTokenizer.from_pretrained(smoke_run / "final", trust_remote_code=True)
+    model = AutoModel.from_pretrained(smoke_run / "final", trust_remote_code=True)
+    model.check_tokenizer(tok)
+    assert len(set(map(tuple, tok.item_codes.tolist()))) == tok.num_items  # every semantic ID unique
+    history = tok.item_ids[:3]
+    out = model.recommend(**tok([history], return_tensors="pt"), top_k=5)
+    assert len(tok.decode_items(out.item_indices)[0]) == 5
+
+
+def test_second_run_skips_finished_stages(smoke_run, capsys):
+    before = json.loads((smoke_run / "timings.json").read_text())
+    pipeline.main(["--config", SMOKE, "--output_dir", str(smoke_run)])
+    printed = capsys.readouterr().out
+    assert all(f"[pipeline] {stage}: done already" in printed for stage in pipeline.STAGES)
+    assert json.loads((smoke_run / "timings.json").read_text()) == before
+
+
+def test_unknown_config_section_is_refused(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("pretrian:\n  num_epochs: 1\n")
+    with pytest.raises(ValueError, match=r"unknown section\(s\) pretrian"):
+        pipeline.main(["--config", str(config), "--output_dir", str(tmp_path / "out")])
+
+
+def _pretrain_command(smoke_run, output_dir):
+    return [
+        sys.executable, str(REPO_ROOT / "training" / "pretrain.py"), "--config", SMOKE,
+        "--dataset_dir", str(smoke_run / "data"), "--semantic_ids_dir", str(smoke_run / "semantic_ids"),
+        "--output_dir", str(output_dir), "--num_epochs", "4", "--patience", "10",
+        "--batch_size", "16", "--resume_from_checkpoint", "latest",
+    ]
+
+
+def test_sigkill_mid_training_then_resume_matches_uninterrupted_run(smoke_run, tmp_path):
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    full = subprocess.run(_pretrain_command(smoke_run, tmp_path / "full"), env=env, capture_output=True, text=True)
+    assert full.returncode == 0, full.stderr[-2000:]
+
+    # Kill the second run with SIGKILL once its first checkpoint exists, i.e. in the middle of epoch 1.
+    killed_dir = tmp_path / "killed"
+    process = subprocess.Popen(_pretrain_command(smoke_run, killed_dir), env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed_dir / "checkpoints" / "epoch_0").is_dir():
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline, "no checkpoint after 300 s"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert not (killed_dir / "final").exists()
+
+    resumed = subprocess.run(_pretrain_command(smoke_run, killed_dir), env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    history = json.loads((tmp_path / "full" / "training_history.json").read_text())
+    assert json.loads((killed_dir / "training_history.json").read_text()) == history
+    assert len(history["history"]) == 4
