@@ -129,12 +129,19 @@ class QBert4RecPredictionHead(nn.Module):
         self.num_codebooks = config.num_codebooks
         self.codebook_size = config.codebook_size
 
+    def transform(self, hidden_states):
+        """`(..., H)` encoder states -> `(..., H)` prediction states."""
+        return self.LayerNorm(self.activation(self.dense(hidden_states)))
+
+    def code_logits(self, states, code_embedding_weight):
+        """Prediction states `(..., H)`, `code_embedding_weight` `(vocab_size, H)` -> logits `(..., L, K)`."""
+        codes = code_embedding_weight[self.num_special_tokens :]  # (L * K, H), level-major
+        logits = F.linear(states, codes)  # (..., L * K)
+        return logits.view(*logits.shape[:-1], self.num_codebooks, self.codebook_size) + self.bias
+
     def forward(self, hidden_states, code_embedding_weight):
         """`hidden_states` `(..., H)`, `code_embedding_weight` `(vocab_size, H)` -> logits `(..., L, K)`."""
-        hidden_states = self.LayerNorm(self.activation(self.dense(hidden_states)))
-        codes = code_embedding_weight[self.num_special_tokens :]  # (L * K, H), level-major
-        logits = F.linear(hidden_states, codes)  # (..., L * K)
-        return logits.view(*logits.shape[:-1], self.num_codebooks, self.codebook_size) + self.bias
+        return self.code_logits(self.transform(hidden_states), code_embedding_weight)
 
 
 class QBert4RecPreTrainedModel(PreTrainedModel):
@@ -262,12 +269,16 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
         """`(num_items, num_codebooks)` token ids of every item's codes."""
         return self.item_codes + self._level_offsets()
 
-    def _item_logits(self, code_logits):
-        """Per-level code logits `(N, L, K)` -> item logits `(N, num_items)`: the sum of each item's code logits."""
-        item_logits = code_logits.new_zeros(code_logits.shape[0], self.config.num_items)
-        for level in range(self.config.num_codebooks):
-            item_logits += code_logits[:, level, self.item_codes[:, level]]  # (N, num_items)
-        return item_logits
+    def _item_logits(self, states):
+        """Prediction states `(M, H)` -> item logits `(M, num_items)`, the sum of each item's code logits.
+
+        The code logits are linear in the states, so the sum over levels is one matmul with each item's summed
+        code embeddings (and summed biases), never a gather per level of size `(M, num_items)`."""
+        code_embeddings = self.qbert4rec.embeddings.code_embeddings
+        item_embeddings = code_embeddings(self.item_token_ids).sum(1)  # (num_items, L, H) -> (num_items, H)
+        levels = torch.arange(self.config.num_codebooks, device=self.item_codes.device)
+        item_bias = self.head.bias[levels, self.item_codes].sum(1)  # (num_items,)
+        return F.linear(states, item_embeddings, item_bias)  # (M, num_items)
 
     def _items_of_codes(self, codes):
         """Code tuples `(M, L)` -> item indices `(M,)` (-100 for a tuple outside the catalogue)."""
@@ -315,7 +326,8 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
         if labels.shape != input_ids.shape:
             raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
         labelled = labels[..., 0] != -100  # (B, T)
-        logits = self.head(hidden[labelled], weight)  # (M, L, K): only labelled positions (sparse prediction)
+        states = self.head.transform(hidden[labelled])  # (M, H): only labelled positions (sparse prediction)
+        logits = self.head.code_logits(states, weight)  # (M, L, K)
         targets = labels[labelled] - self._level_offsets()  # (M, L) codes
         if labelled.any() and ((targets < 0) | (targets >= self.config.codebook_size)).any():
             raise ValueError("labels must be code token ids (or -100): found a special token or a code of another level")
@@ -324,7 +336,7 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
             loss = loss + F.cross_entropy(logits.reshape(-1, self.config.codebook_size), targets.reshape(-1))
         target_items = self._items_of_codes(targets)  # (M,), -100 where the tuple is not in the catalogue
         if self.config.loss_type in ("items", "codes+items") and (target_items != -100).any():
-            item_logits = self._item_logits(logits)  # (M, num_items)
+            item_logits = self._item_logits(states)  # (M, num_items)
             loss = loss + F.cross_entropy(item_logits, target_items, ignore_index=-100)
         return QBert4RecMaskedItemOutput(loss=loss, logits=logits, last_hidden_state=hidden)
 
@@ -367,8 +379,11 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
         else:  # bidirectional: predict at a [MASK] after the history
             input_ids, attention_mask, item_indices = self._append_mask(input_ids, attention_mask, item_indices)
         hidden = self.qbert4rec(input_ids, attention_mask, item_indices).last_hidden_state[:, -1]  # (B, H)
-        log_probs = self.head(hidden, self.qbert4rec.embeddings.code_embeddings.weight).log_softmax(-1)  # (B, L, K)
-        return self._item_logits(log_probs)  # (B, num_items)
+        states = self.head.transform(hidden)  # (B, H)
+        code_logits = self.head.code_logits(states, self.qbert4rec.embeddings.code_embeddings.weight)  # (B, L, K)
+        # Sum over levels of log p(code) = sum of the item's code logits - sum over levels of logsumexp.
+        log_normaliser = code_logits.logsumexp(-1).sum(-1, keepdim=True)  # (B, 1)
+        return self._item_logits(states) - log_normaliser  # (B, num_items)
 
     @torch.no_grad()
     def recommend(self, input_ids, attention_mask=None, item_indices=None, top_k=10, exclude_history=False, **kwargs):

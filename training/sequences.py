@@ -63,5 +63,8 @@ def eval_loader(split: Dataset, collator, loop_args, accelerator=None, max_users
     if max_users:
         split = split.select(range(min(max_users, len(split))))
     split = split.select_columns(["item_indices", "target"])
+    # Batches of similar history lengths pad less; metrics are per-user means, so the order changes nothing.
+    lengths = [len(history) for history in split["item_indices"]]
+    split = split.select(sorted(range(len(split)), key=lengths.__getitem__))
     loader = DataLoader(split, batch_size=loop_args.eval_batch_size, shuffle=False, collate_fn=collator)
     return accelerator.prepare_data_loader(loader) if accelerator is not None else loader
