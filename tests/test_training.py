@@ -183,3 +183,22 @@ def test_export_refuses_a_folder_that_is_no_checkpoint(tmp_path):
         export.main(["--model_dir", str(tmp_path)])
     with pytest.raises(ValueError, match="--model_dir is required"):
         export.main([])
+
+
+def test_cross_domain_pretraining_on_two_datasets(tiny, tmp_path):
+    root, data, sid, _ = tiny
+    other_root = tmp_path / "other"
+    other_data, other_sid = write_tiny_dataset(other_root, num_users=60, seed=1)
+    common = ["--dataset_dir", str(data), "--semantic_ids_dir", str(sid), "--extra_dataset_dirs", str(other_data),
+              "--extra_semantic_ids_dirs", str(other_sid), "--num_epochs", "1", *TINY_MODEL, *TINY_LOOP]
+    with pytest.raises(ValueError, match="cross-domain pretraining needs loss_type=codes"):
+        pretrain.main([*common, "--output_dir", str(tmp_path / "bad")])
+    pretrain.main([*common, "--output_dir", str(tmp_path / "pre"), "--loss_type", "codes"])
+    metrics = finetune.main(["--pretrained_dir", str(tmp_path / "pre" / "final"), "--dataset_dir", str(data),
+                             "--output_dir", str(tmp_path / "ft"), "--num_epochs", "1", "--loss_type", "codes+items",
+                             *TINY_LOOP])
+    assert json.loads((tmp_path / "ft" / "final" / "config.json").read_text())["loss_type"] == "codes+items"
+    assert metrics["num_users"] == 120
+    with pytest.raises(ValueError, match="--loss_type must be codes, items or codes\\+items"):
+        finetune.main(["--pretrained_dir", str(tmp_path / "pre" / "final"), "--dataset_dir", str(data),
+                       "--output_dir", str(tmp_path / "ft2"), "--loss_type", "item", *TINY_LOOP])

@@ -36,6 +36,7 @@ class FinetuneArgs:
         default=None, metadata={"help": "tokenizer folder of that dataset (default: the pretrained one)"}
     )
     exclude_history: bool = field(default=False, metadata={"help": "remove history items from the test candidates"})
+    loss_type: str = field(default="", metadata={"help": "codes, items or codes+items (default: the pretrained model's)"})
 
 
 def adapt_to_catalogue(model, tokenizer):
@@ -68,6 +69,10 @@ def main(argv=None):
     max_len = model.config.max_position_embeddings
     tokenizer = SemanticIdTokenizer.from_pretrained(args.semantic_ids_dir or args.pretrained_dir, max_len=max_len - 1)
     model = adapt_to_catalogue(model, tokenizer)
+    if args.loss_type:
+        if args.loss_type not in ("codes", "items", "codes+items"):
+            raise ValueError(f"--loss_type must be codes, items or codes+items, got {args.loss_type!r}")
+        model.config.loss_type = args.loss_type
     with accelerator.main_process_first():
         sequences = load_sequences(args.dataset_dir)
         train_examples = next_item_examples(encode_split(sequences["train"], tokenizer))

@@ -41,6 +41,7 @@ class ModelArgs:
     attention_probs_dropout_prob: float = field(default=0.2, metadata={"help": "dropout on attention weights"})
     max_len: int = field(default=50, metadata={"help": "positions per sequence (history + [MASK])"})
     use_item_embedding: bool = field(default=False, metadata={"help": "add an item-ID embedding to the codes"})
+    loss_type: str = field(default="codes+items", metadata={"help": "codes, items or codes+items (QBert4RecConfig)"})
 
 
 @dataclass
@@ -74,13 +75,14 @@ def build_model(model_args: ModelArgs, tokenizer: SemanticIdTokenizer) -> QBert4
         attention_probs_dropout_prob=model_args.attention_probs_dropout_prob,
         max_position_embeddings=model_args.max_len,
         use_item_embedding=model_args.use_item_embedding,
+        loss_type=model_args.loss_type,
     )
     model = QBert4RecForMaskedItemModeling(config)
     model.set_item_codes(tokenizer.item_codes, tokenizer.table_fingerprint)
     return model
 
 
-def training_sequences(args: PretrainArgs, tokenizer, loop_args: LoopArgs, use_item_embedding: bool):
+def training_sequences(args: PretrainArgs, tokenizer, loop_args: LoopArgs, model_args: ModelArgs):
     """The main dataset's training sequences plus the extra datasets', as item indices into one combined code table.
 
     Returns `(dataset with item_indices, item_codes (num_all_items, L))`; extra datasets' indices are offset."""
@@ -88,8 +90,13 @@ def training_sequences(args: PretrainArgs, tokenizer, loop_args: LoopArgs, use_i
     extra_sids = [d for d in args.extra_semantic_ids_dirs.split(",") if d]
     if len(extra_data) != len(extra_sids):
         raise ValueError(f"{len(extra_data)} extra datasets but {len(extra_sids)} extra semantic-ID folders")
-    if extra_data and use_item_embedding:
+    if extra_data and model_args.use_item_embedding:
         raise ValueError("cross-domain pretraining shares codes, not item ids: use_item_embedding must be False")
+    if extra_data and model_args.loss_type != "codes":
+        raise ValueError(
+            "cross-domain pretraining needs loss_type=codes: the catalogue-level loss would score other domains' "
+            "items against the main catalogue"
+        )
     train = encode_split(load_sequences(args.dataset_dir)["train"], tokenizer)
     parts, tables, offset = [train], [tokenizer.item_codes], tokenizer.num_items
     for data_dir, sid_dir in zip(extra_data, extra_sids):
@@ -114,7 +121,7 @@ def main(argv=None):
     accelerator = make_accelerator(loop_args, "pretrain")
     tokenizer = SemanticIdTokenizer.from_pretrained(args.semantic_ids_dir, max_len=model_args.max_len - 1)
     with accelerator.main_process_first():
-        train_dataset, item_codes = training_sequences(args, tokenizer, loop_args, model_args.use_item_embedding)
+        train_dataset, item_codes = training_sequences(args, tokenizer, loop_args, model_args)
         validation = encode_split(load_sequences(args.dataset_dir)["validation"], tokenizer)
     model = build_model(model_args, tokenizer)
     probs = {"cloze": args.cloze_prob, "span": args.span_prob, "tail": args.tail_prob, "multi_region": args.multi_region_prob}

@@ -1,0 +1,234 @@
+"""Baselines of the benchmarks as configurations of the same code as Q-Bert4Rec (no second framework).
+
+- **most-popular**: `training.evaluate.MostPopular`, fitted on every item before the target (the training
+  sequences for validation; training sequences + validation item, i.e. the test histories, for test).
+- **ID-only BERT4Rec** (`bert4rec-id`): a one-level "semantic ID" whose code is the item index
+  (`id_tokenizer`), a bidirectional encoder, cloze-only `MultiMaskCollator`, catalogue cross-entropy
+  (`loss_type="items"`), then (by default) the same next-item fine-tuning as Q-Bert4Rec (`training/finetune.py`).
+- **SASRec-CE** (`sasrec-ce`): the same ID tokenizer, causal attention (`is_causal=True`), `CausalCollator` (every
+  position predicts the next item), full-softmax cross-entropy over the catalogue.
+
+Every model is selected on validation NDCG@10 (`training/loop.py`) and reported on the test split with full ranking,
+history items kept as candidates. `machine_info` describes the machine for the result files.
+"""
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from configuration_qbert4rec import QBert4RecConfig  # noqa: E402
+from modeling_qbert4rec import QBert4RecForMaskedItemModeling  # noqa: E402
+from tokenization_semantic_id import SemanticIdTokenizer  # noqa: E402
+from training import finetune  # noqa: E402
+from training.config import parse_args  # noqa: E402
+from training.evaluate import MostPopular, evaluate_model, save_metrics  # noqa: E402
+from training.loop import BEST, LoopArgs, make_accelerator, train  # noqa: E402
+from training.masking import CausalCollator, HistoryCollator, MultiMaskCollator  # noqa: E402
+from training.pretrain import ModelArgs, PretrainArgs  # noqa: E402
+from training.sequences import encode_split, eval_loader, load_sequences  # noqa: E402
+
+ID_MODELS = ("bert4rec-id", "sasrec-ce")
+CANDIDATES = "all items (history items kept)"
+STAGE_RECORD = "stage_record.json"
+
+
+def machine_info() -> dict:
+    """Platform, CPU count, threads and library versions, for the result files."""
+    import transformers
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cuda": torch.cuda.is_available(),
+        # 1-, 5- and 15-minute load averages: above cpu_count, other jobs shared the cores during the run
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def load_item_ids(dataset_dir) -> list[str]:
+    """Item ids of a prepared dataset (`DATA/items`), in item-index order.
+
+    (Like `training.quantize.load_item_ids`, without importing the quantiser and its ~75 MB of dependencies, so that
+    the speed benchmark's memory is the recommender's own.)"""
+    from datasets import load_from_disk
+
+    items_dir = Path(dataset_dir) / "items"
+    if not items_dir.is_dir():
+        raise FileNotFoundError(f"no items dataset at {items_dir} (run training/prepare_data.py first)")
+    item_ids = [str(i) for i in load_from_disk(str(items_dir))["item_id"]]
+    if len(set(item_ids)) != len(item_ids):
+        raise ValueError(f"{items_dir}: item ids are not unique")
+    return item_ids
+
+
+def id_tokenizer(item_ids: list[str], max_len: int = 50) -> SemanticIdTokenizer:
+    """An ID-only tokenizer: one level whose code is the item index (`codebook_size = num_items`)."""
+    if len(item_ids) == 0:
+        raise ValueError("id_tokenizer needs at least one item id")
+    return SemanticIdTokenizer.from_codes(item_ids, [[i] for i in range(len(item_ids))], codebook_size=len(item_ids), max_len=max_len)
+
+
+def build_id_model(model_args: ModelArgs, tokenizer: SemanticIdTokenizer, causal: bool) -> QBert4RecForMaskedItemModeling:
+    """The Q-Bert4Rec backbone over item IDs: bidirectional (BERT4Rec) or causal (SASRec), catalogue cross-entropy."""
+    config = QBert4RecConfig(
+        num_codebooks=tokenizer.num_codebooks,
+        codebook_size=tokenizer.codebook_size,
+        num_items=tokenizer.num_items,
+        hidden_size=model_args.hidden_size,
+        num_hidden_layers=model_args.num_hidden_layers,
+        num_attention_heads=model_args.num_attention_heads,
+        intermediate_size=model_args.intermediate_size,
+        hidden_dropout_prob=model_args.hidden_dropout_prob,
+        attention_probs_dropout_prob=model_args.attention_probs_dropout_prob,
+        max_position_embeddings=model_args.max_len,
+        use_item_embedding=False,  # the single code level already is an item-ID embedding
+        loss_type="items",
+        is_causal=causal,
+    )
+    model = QBert4RecForMaskedItemModeling(config)
+    model.set_item_codes(tokenizer.item_codes)
+    return model
+
+
+def id_collator(kind: str, tokenizer: SemanticIdTokenizer, model_args: ModelArgs, pretrain_args: PretrainArgs, seed: int):
+    """Training collator of an ID baseline: cloze-only masking (`bert4rec-id`) or next item at every position (`sasrec-ce`)."""
+    codes = {"item_codes": tokenizer.item_codes, "codebook_size": tokenizer.codebook_size, "max_len": model_args.max_len}
+    if kind == "sasrec-ce":
+        return CausalCollator(**codes)
+    if kind == "bert4rec-id":
+        return MultiMaskCollator(
+            **codes, strategy_probs={"cloze": 1.0}, strategy_ratios={"cloze": pretrain_args.cloze_ratio}, seed=seed
+        )
+    raise ValueError(f"unknown ID baseline {kind!r}; known: {', '.join(ID_MODELS)}")
+
+
+def stage_done(stage_dir: Path) -> dict | None:
+    """The record a finished stage left in `stage_dir` (its seconds and metrics), or None when it did not finish."""
+    path = Path(stage_dir) / STAGE_RECORD
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_stage_record(stage_dir: Path, record: dict) -> dict:
+    Path(stage_dir).mkdir(parents=True, exist_ok=True)
+    (Path(stage_dir) / STAGE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def validation_history(stage_dir: Path) -> list[float]:
+    """Validation NDCG@10 per evaluated epoch, from the `training_history.json` that `training/loop.py` writes."""
+    path = Path(stage_dir) / "training_history.json"
+    if not path.is_file():
+        return []
+    return [entry["score"] for entry in json.loads(path.read_text())["history"]]
+
+
+def most_popular(dataset_dir: str) -> dict:
+    """Validation and test metrics of the most-popular baseline (full ranking, history items kept)."""
+    start = time.perf_counter()
+    tokenizer = id_tokenizer(load_item_ids(dataset_dir), max_len=50)
+    sequences = load_sequences(dataset_dir)
+    collator = HistoryCollator(item_codes=tokenizer.item_codes, codebook_size=tokenizer.codebook_size, max_len=50)
+    loop_args = LoopArgs()
+    results = {}
+    for split in ("validation", "test"):
+        encoded = encode_split(sequences[split], tokenizer)
+        # every item before the target: the histories of this split (train sequences; + validation item for test)
+        model = MostPopular.from_sequences(encoded["item_indices"], tokenizer.num_items)
+        results[split] = evaluate_model(model, eval_loader(encoded, collator, loop_args, max_users=0), desc=f"most-popular {split}")
+    return {"test": results["test"], "validation": results["validation"], "train_seconds": round(time.perf_counter() - start, 2)}
+
+
+def train_id_model(
+    kind: str,
+    dataset_dir: str,
+    output_dir: str,
+    seed: int,
+    config_path: str | None = None,
+    overrides: list[str] = (),
+    finetune_after: bool | None = None,
+) -> dict:
+    """Train an ID baseline, select it on validation NDCG@10, evaluate it on test. Restartable stage by stage.
+
+    Args:
+        kind: `"bert4rec-id"` or `"sasrec-ce"`.
+        dataset_dir: prepared dataset folder.
+        output_dir: the run folder (gets `pretrain/` and, when fine-tuning, `finetune/`).
+        seed: seed of init, data order, masks and dropout.
+        config_path: YAML whose `pretrain` section (model sizes, optimisation) and `finetune` section apply.
+        overrides: extra flags for the `pretrain` section (e.g. `["--num_epochs", "1"]`).
+        finetune_after: fine-tune with `training/finetune.py` after training (default: True for `bert4rec-id`,
+            False for `sasrec-ce`, which is trained on the next-item task already).
+
+    Returns:
+        `{"test": metrics, "train_seconds": float, "stage_seconds": {...}, "validation_ndcg@10": {stage: [...]},
+        "best_validation_ndcg@10": float, "fine_tuned": bool, "output_dir": str}`.
+    """
+    if kind not in ID_MODELS:
+        raise ValueError(f"unknown ID baseline {kind!r}; known: {', '.join(ID_MODELS)}")
+    finetune_after = (kind == "bert4rec-id") if finetune_after is None else finetune_after
+    out = Path(output_dir)
+    config = ["--config", str(config_path)] if config_path else []
+    pretrain_dir, finetune_dir = out / "pretrain", out / "finetune"
+
+    if stage_done(pretrain_dir) is None:
+        argv = config + ["--output_dir", str(pretrain_dir), "--seed", str(seed), "--resume_from_checkpoint", "latest", *overrides]
+        model_args, pretrain_args, loop_args = parse_args(argv, ModelArgs, PretrainArgs, LoopArgs, section="pretrain")
+        accelerator = make_accelerator(loop_args, kind)
+        tokenizer = id_tokenizer(load_item_ids(dataset_dir), max_len=model_args.max_len - 1)
+        sequences = load_sequences(dataset_dir)
+        train_set = encode_split(sequences["train"], tokenizer).select_columns(["item_indices"])
+        if kind == "sasrec-ce":
+            train_set = train_set.filter(lambda row: len(row["item_indices"]) >= 2, desc="sequences of >= 2 items")
+        if loop_args.max_train_sequences:
+            train_set = train_set.select(range(min(loop_args.max_train_sequences, len(train_set))))
+        model = build_id_model(model_args, tokenizer, causal=kind == "sasrec-ce")
+        history = HistoryCollator(item_codes=tokenizer.item_codes, codebook_size=tokenizer.codebook_size, max_len=model_args.max_len)
+        loader = eval_loader(encode_split(sequences["validation"], tokenizer), history, loop_args, accelerator)
+        accelerator.print(f"{kind}: {len(train_set)} training sequences, {model.num_parameters():,} parameters")
+        start = time.perf_counter()
+        train(model, tokenizer, train_set, id_collator(kind, tokenizer, model_args, pretrain_args, seed), loader, loop_args, accelerator)
+        seconds = time.perf_counter() - start
+        record = {"seconds": round(seconds, 2)}
+        if not finetune_after:
+            best = QBert4RecForMaskedItemModeling.from_pretrained(pretrain_dir / BEST)
+            test = encode_split(sequences["test"], tokenizer)
+            metrics = evaluate_model(best, eval_loader(test, history, loop_args, max_users=0), desc=f"{kind} test")
+            save_metrics(metrics, pretrain_dir / "metrics.json", split="test", candidates=CANDIDATES, num_items=tokenizer.num_items)
+            record["test"] = metrics
+        write_stage_record(pretrain_dir, record)
+
+    if finetune_after and stage_done(finetune_dir) is None:
+        argv = config + [
+            "--pretrained_dir", str(pretrain_dir / BEST), "--dataset_dir", str(dataset_dir), "--output_dir", str(finetune_dir),
+            "--seed", str(seed), "--resume_from_checkpoint", "latest",
+        ]
+        start = time.perf_counter()
+        metrics = finetune.main(argv)
+        write_stage_record(finetune_dir, {"seconds": round(time.perf_counter() - start, 2), "test": metrics})
+
+    stages = {"pretrain": stage_done(pretrain_dir)} | ({"finetune": stage_done(finetune_dir)} if finetune_after else {})
+    histories = {name: validation_history(out / name) for name in stages}
+    last = list(stages)[-1]
+    return {
+        "test": stages[last]["test"],
+        "train_seconds": round(sum(s["seconds"] for s in stages.values()), 2),
+        "stage_seconds": {name: s["seconds"] for name, s in stages.items()},
+        "validation_ndcg@10": histories,
+        "best_validation_ndcg@10": max(histories[last]) if histories[last] else None,
+        "fine_tuned": finetune_after,
+        "output_dir": str(out),
+    }

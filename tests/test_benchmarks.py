@@ -1,0 +1,234 @@
+"""Benchmarks: the accuracy and speed scripts' code paths on a tiny real slice of Beauty, and their helpers."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is scripts, not an installed package
+
+from benchmarks import accuracy, speed  # noqa: E402
+from benchmarks.baselines import build_id_model, id_tokenizer  # noqa: E402
+from training.config import default_data_dir, parse_args  # noqa: E402
+from training.pretrain import ModelArgs  # noqa: E402
+
+TINY_CONFIG = {
+    "data": {"source": "s3rec", "max_users": 30},
+    "features": {"modalities": "text,structure", "text_fields": "title,brand,categories", "batch_size": 128},
+    "inject": {"use_image": False, "num_epochs": 1, "dim": 32, "num_layers": 2, "num_heads": 2, "ffn_dim": 32},
+    "quantize": {"method": "rkmeans", "num_codebooks": 2, "codebook_size": 64, "kmeans_iters": 3},
+    "pretrain": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
+                 "max_len": 10, "num_epochs": 2, "batch_size": 64, "report_to": "none"},
+    "finetune": {"num_epochs": 1, "batch_size": 64, "report_to": "none"},
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Helpers (no data)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_plan_rows_main_and_ablations():
+    main = accuracy.plan_rows("main", item_embedding_in_config=False)
+    assert [r.name for r in main] == ["most-popular", "bert4rec-id", "sasrec-ce", "qbert4rec"]
+    ablations = {r.name: r for r in accuracy.plan_rows("ablations", item_embedding_in_config=False)}
+    assert ablations["qbert4rec/+item-embedding"].pretrain_flags == ("--use_item_embedding", "true")
+    tail = ablations["qbert4rec/mask-tail"].pretrain_flags
+    assert dict(zip(tail[::2], tail[1::2])) == {"--cloze_prob": "0", "--span_prob": "0", "--tail_prob": "1", "--multi_region_prob": "0"}
+    assert ablations["qbert4rec/cross-domain"].cross_domain
+    flipped = {r.name for r in accuracy.plan_rows("all", item_embedding_in_config=True)}
+    assert "qbert4rec/-item-embedding" in flipped and len(flipped) == 4 + 10
+    with pytest.raises(ValueError, match="--rows must be main, ablations or all"):
+        accuracy.plan_rows("everything", False)
+
+
+def test_summarise_mean_and_sample_std():
+    def run(ndcg, seconds):
+        return {"test": {m: ndcg for m in accuracy.METRICS}, "train_seconds": seconds}
+
+    summary = accuracy.summarise({"0": run(0.1, 10), "1": run(0.3, 30), "2": {"error": "x"}})
+    assert summary["n"] == 2
+    assert summary["mean"]["ndcg@10"] == pytest.approx(0.2)
+    assert summary["std"]["ndcg@10"] == pytest.approx(0.1414213, rel=1e-5)  # sample std (n - 1)
+    assert summary["mean"]["train_seconds"] == pytest.approx(20)
+    assert accuracy.summarise({"0": run(0.5, 1)})["std"]["mrr"] == 0.0
+
+
+def test_parse_seeds_rejects_bad_input():
+    assert accuracy.parse_seeds("0, 1,2") == [0, 1, 2]
+    with pytest.raises(ValueError, match="comma-separated integers"):
+        accuracy.parse_seeds("0,one")
+    with pytest.raises(ValueError, match="--seeds is empty"):
+        accuracy.parse_seeds(",")
+
+
+def test_write_text_embeddings_averages_real_vectors(tmp_path):
+    features = torch.tensor([[[1.0, 3.0], [3.0, 5.0]], [[2.0, 2.0], [9.0, 9.0]], [[7.0, 7.0], [7.0, 7.0]]])  # (3, 2, 2)
+    mask = torch.tensor([[True, True], [True, False], [False, False]])
+    save_file({"features": features, "mask": mask}, str(tmp_path / "text.safetensors"))
+    out = accuracy.write_text_embeddings(tmp_path / "text.safetensors", tmp_path / "inj" / "fused.safetensors")
+    from safetensors.torch import load_file
+
+    written = load_file(str(out))
+    torch.testing.assert_close(written["embeddings"], torch.tensor([[2.0, 4.0], [2.0, 2.0], [0.0, 0.0]]))
+    assert written["depth"].tolist() == [0, 0, 0]
+    save_file({"vectors": features}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ValueError, match="bad.safetensors: expected tensors 'features' and 'mask'"):
+        accuracy.write_text_embeddings(tmp_path / "bad.safetensors", tmp_path / "x.safetensors")
+    with pytest.raises(FileNotFoundError, match="no text features"):
+        accuracy.write_text_embeddings(tmp_path / "missing.safetensors", tmp_path / "x.safetensors")
+
+
+def test_load_results_drops_records_of_other_settings(tmp_path):
+    path = tmp_path / "beauty.json"
+    record = {"test": {m: 0.1 for m in accuracy.METRICS}, "train_seconds": 1.0}
+    path.write_text(json.dumps({"rows": {"sasrec-ce": {"seeds": {"0": {**record, "settings_sha256": "old"},
+                                                                 "1": {**record, "settings_sha256": "new"}}}}}))
+    results = accuracy.load_results(path, "new")
+    assert list(results["rows"]["sasrec-ce"]["seeds"]) == ["1"]
+    assert results["rows"]["sasrec-ce"]["summary"]["n"] == 1
+    assert accuracy.load_results(tmp_path / "absent.json", "new") == {"rows": {}}
+
+
+def test_id_baselines_are_one_level_item_id_models():
+    tokenizer = id_tokenizer(["a", "b", "c", "d", "e"], max_len=4)
+    assert tokenizer.num_codebooks == 1 and tokenizer.codebook_size == 5
+    assert tokenizer.item_codes.squeeze(1).tolist() == [0, 1, 2, 3, 4]
+    args = ModelArgs(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, max_len=5)
+    sasrec = build_id_model(args, tokenizer, causal=True)
+    bert = build_id_model(args, tokenizer, causal=False)
+    assert (sasrec.config.is_causal, sasrec.config.loss_type) == (True, "items")
+    assert (bert.config.is_causal, bert.config.loss_type) == (False, "items")
+    inputs = tokenizer([["a", "b"], ["c"]], return_tensors="pt")
+    assert sasrec.score_items(**inputs).shape == bert.score_items(**inputs).shape == (2, 5)
+    with pytest.raises(ValueError, match="at least one item id"):
+        id_tokenizer([])
+
+
+def test_random_unique_codes_and_percentile():
+    codes = speed.random_unique_codes(500, 3, 16, seed=1)
+    assert codes.shape == (500, 3) and len({tuple(r) for r in codes.tolist()}) == 500
+    assert int(codes.max()) < 16
+    with pytest.raises(ValueError, match="share a random code prefix"):
+        speed.random_unique_codes(50, 2, 2)
+    assert speed.percentile([1.0, 2.0, 3.0, 4.0, 5.0], 50) == 3.0
+    assert speed.percentile([0.0, 10.0], 95) == pytest.approx(9.5)
+
+
+def test_command_lines_reject_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="--dataset must be one of beauty, scientific-mm"):
+        accuracy.main(["--dataset", "toys"])
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        accuracy.main(["--dataset", "beauty", "--dataset_config", str(tmp_path / "none.yaml")])
+    with pytest.raises(ValueError, match="--models must name some of"):
+        speed.main(["--models", "gru4rec"])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# End to end on a tiny real slice (30 Beauty users)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_bench(tmp_path_factory):
+    """accuracy.py on 30 Beauty users: main rows over two seeds, three ablations (one not applicable)."""
+    if not (default_data_dir() / "amazon-beauty").is_dir():
+        pytest.skip(f"real data not found at {default_data_dir() / 'amazon-beauty'}")
+    root = tmp_path_factory.mktemp("bench")
+    config = root / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY_CONFIG))
+    argv = ["--dataset", "beauty", "--dataset_config", str(config), "--seeds", "0,1", "--rows", "all",
+            "--only", "most-popular,bert4rec-id,sasrec-ce,qbert4rec,qbert4rec/no-stage1,qbert4rec/mask-tail,qbert4rec/no-image",
+            "--output_dir", str(root / "out"), "--results_dir", str(root / "results"), "--fail_fast", "true"]
+    results = accuracy.main(argv)
+    return root, argv, results
+
+
+def test_accuracy_writes_every_row_with_metrics(tiny_bench):
+    root, _, results = tiny_bench
+    rows = results["rows"]
+    for name in ("most-popular", "bert4rec-id", "sasrec-ce", "qbert4rec"):
+        assert sorted(rows[name]["seeds"]) == ["0", "1"], name
+        assert rows[name]["summary"]["n"] == 2
+        for run in rows[name]["seeds"].values():
+            assert set(accuracy.METRICS) <= set(run["test"])
+            assert run["test"]["num_users"] == 30
+            assert 0.0 <= run["test"]["ndcg@10"] <= run["test"]["recall@10"] <= 1.0
+    for name in ("qbert4rec/no-stage1", "qbert4rec/mask-tail"):
+        assert list(rows[name]["seeds"]) == ["0"]  # ablations: first seed only
+    assert "not applicable" in rows["qbert4rec/no-image"]["skipped"]
+    # neural rows record validation NDCG@10 per epoch: 2 pretraining epochs (+ 1 fine-tuning epoch)
+    qbert = rows["qbert4rec"]["seeds"]["0"]["validation_ndcg@10"]
+    assert (len(qbert["pretrain"]), len(qbert["finetune"])) == (2, 1)
+    assert len(rows["sasrec-ce"]["seeds"]["0"]["validation_ndcg@10"]["pretrain"]) == 2
+    assert rows["bert4rec-id"]["seeds"]["0"]["fine_tuned"] is True
+    assert rows["qbert4rec"]["seeds"]["0"]["train_seconds"] > 0
+    # the seeds change the trained models
+    assert rows["sasrec-ce"]["seeds"]["0"]["validation_ndcg@10"] != rows["sasrec-ce"]["seeds"]["1"]["validation_ndcg@10"]
+
+    saved = json.loads((root / "results" / "beauty.json").read_text())
+    assert saved["machine"]["cpu_count"] >= 1 and "torch" in saved["machine"] and "platform" in saved["machine"]
+    assert saved["command"].startswith("python benchmarks/accuracy.py --dataset beauty")
+    table = (root / "results" / "beauty.md").read_text()
+    assert "| qbert4rec/mask-tail |" in table and "not applicable" in table and "TIGER" in table
+    for png in ("beauty_validation.png", "beauty_test.png"):
+        assert (root / "results" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_accuracy_skips_rows_already_in_the_results(tiny_bench, capsys):
+    root, argv, results = tiny_bench
+    before = json.loads((root / "results" / "beauty.json").read_text())
+    again = accuracy.main(argv)
+    out = capsys.readouterr().out
+    assert out.count("in the results already, skipping") == 4 * 2 + 2
+    for name, row in before["rows"].items():
+        for seed, run in row["seeds"].items():
+            assert again["rows"][name]["seeds"][seed]["finished"] == run["finished"]
+
+
+def test_speed_measures_models_on_the_tiny_slice(tiny_bench):
+    root, _, _ = tiny_bench
+    data = next((root / "out").glob("beauty/stages-*/pipeline/data"))
+    flags = ["--dataset_config", str(root / "tiny.yaml"), "--dataset_dir", str(data), "--semantic_ids_dir",
+             str(data.parent / "semantic_ids"), "--train_batches", "1", "--latency_calls", "5", "--warmup_calls", "1",
+             "--throughput_batch_size", "8", "--output_dir", str(root / "speed"), "--results_dir", str(root / "results")]
+    # the command line runs each model in a child process; here one model, and the other two in this process
+    report = speed.main(flags + ["--models", "qbert4rec"])
+    (args,) = parse_args(flags, speed.SpeedArgs)
+    measured = {name: speed.measure_model(name, args, str(data)) for name in ("sasrec-ce", "bert4rec-id")}
+    for name, r in {**report["models"], **measured}.items():
+        assert r["parameters"] > 0 and r["memory"]["peak_rss_mib"] >= r["memory"]["rss_before_model_mib"] > 0, name
+        assert r["evaluation"]["users"] == r["evaluation_sorted_by_length"]["users"] == 30
+        assert r["evaluation_sorted_by_length"]["test_ndcg@10_after_timed_training"] == pytest.approx(
+            r["evaluation"]["test_ndcg@10_after_timed_training"], abs=1e-4)  # the order of users changes no metric
+        assert r["throughput"]["histories"] == 30
+        assert 0 < r["latency"]["model_ms"]["p50"] <= r["latency"]["model_ms"]["p95"]
+        assert r["latency"]["torch_threads"] == 1
+        assert all(p["batches_timed"] == 1 and p["sequences_per_second"] > 0 for p in r["training"].values())
+    assert set(report["models"]["qbert4rec"]["training"]) == {"pretrain", "finetune"}
+    assert set(measured["bert4rec-id"]["training"]) == {"pretrain", "finetune"}
+    assert set(measured["sasrec-ce"]["training"]) == {"train"}
+    assert report["models"]["qbert4rec"]["tokens"].startswith("pipeline semantic IDs")
+    assert "RecBole" in report["recbole"]["note"]
+    table = (root / "results" / "speed.md").read_text()
+    assert "| qbert4rec |" in table and "RecBole" in table
+
+
+@pytest.mark.slow
+def test_accuracy_runs_the_other_ablations(tiny_bench, office_dir):
+    """Stage-1 variants (no structure, no gate), item-ID embedding, masking alone, cross-domain from Office."""
+    root, argv, _ = tiny_bench
+    others = ["qbert4rec/no-structure", "qbert4rec/no-gate", "qbert4rec/+item-embedding", "qbert4rec/mask-cloze",
+              "qbert4rec/mask-span", "qbert4rec/mask-multi_region", "qbert4rec/cross-domain"]
+    results = accuracy.main(argv[: argv.index("--only") + 1] + [",".join(others)] + argv[argv.index("--only") + 2 :])
+    for name in others:
+        run = results["rows"][name]["seeds"]["0"]
+        assert 0.0 <= run["test"]["ndcg@10"] <= 1.0 and run["test"]["num_users"] == 30, name
+    ws = next((root / "out").glob("beauty/stages-*"))
+    assert (ws / "variants" / "no-gate" / "semantic_ids" / "semantic_ids.json").is_file()
+    office = json.loads((ws / "cross_domain" / "lcrec" / "data" / "summary.json").read_text())
+    assert office["source"] == "lcrec" and office["users"] == 30
