@@ -12,6 +12,7 @@ Every model is selected on validation NDCG@10 (`training/loop.py`) and reported 
 history items kept as candidates. `machine_info` describes the machine for the result files.
 """
 
+import dataclasses
 import json
 import os
 import platform
@@ -25,7 +26,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from configuration_qbert4rec import QBert4RecConfig  # noqa: E402
 from modeling_qbert4rec import QBert4RecForMaskedItemModeling  # noqa: E402
 from tokenization_semantic_id import SemanticIdTokenizer  # noqa: E402
 from training import finetune  # noqa: E402
@@ -33,7 +33,7 @@ from training.config import parse_args  # noqa: E402
 from training.evaluate import MostPopular, evaluate_model, save_metrics  # noqa: E402
 from training.loop import BEST, LoopArgs, make_accelerator, train  # noqa: E402
 from training.masking import CausalCollator, HistoryCollator, MultiMaskCollator  # noqa: E402
-from training.pretrain import ModelArgs, PretrainArgs  # noqa: E402
+from training.pretrain import ModelArgs, PretrainArgs, build_model  # noqa: E402
 from training.sequences import encode_split, eval_loader, load_sequences  # noqa: E402
 
 ID_MODELS = ("bert4rec-id", "sasrec-ce")
@@ -83,25 +83,11 @@ def id_tokenizer(item_ids: list[str], max_len: int = 50) -> SemanticIdTokenizer:
 
 
 def build_id_model(model_args: ModelArgs, tokenizer: SemanticIdTokenizer, causal: bool) -> QBert4RecForMaskedItemModeling:
-    """The Q-Bert4Rec backbone over item IDs: bidirectional (BERT4Rec) or causal (SASRec), catalogue cross-entropy."""
-    config = QBert4RecConfig(
-        num_codebooks=tokenizer.num_codebooks,
-        codebook_size=tokenizer.codebook_size,
-        num_items=tokenizer.num_items,
-        hidden_size=model_args.hidden_size,
-        num_hidden_layers=model_args.num_hidden_layers,
-        num_attention_heads=model_args.num_attention_heads,
-        intermediate_size=model_args.intermediate_size,
-        hidden_dropout_prob=model_args.hidden_dropout_prob,
-        attention_probs_dropout_prob=model_args.attention_probs_dropout_prob,
-        max_position_embeddings=model_args.max_len,
-        use_item_embedding=False,  # the single code level already is an item-ID embedding
-        loss_type="items",
-        is_causal=causal,
-    )
-    model = QBert4RecForMaskedItemModeling(config)
-    model.set_item_codes(tokenizer.item_codes)
-    return model
+    """The Q-Bert4Rec backbone over item IDs: bidirectional (BERT4Rec) or causal (SASRec), catalogue cross-entropy.
+
+    The single code level already is an item-ID embedding, so no extra item embedding is added."""
+    id_args = dataclasses.replace(model_args, use_item_embedding=False, loss_type="items")
+    return build_model(id_args, tokenizer, is_causal=causal)
 
 
 def id_collator(kind: str, tokenizer: SemanticIdTokenizer, model_args: ModelArgs, pretrain_args: PretrainArgs, seed: int):

@@ -61,8 +61,8 @@ class PretrainArgs:
     num_regions: int = field(default=3, metadata={"help": "most regions of multi-region masking"})
 
 
-def build_model(model_args: ModelArgs, tokenizer: SemanticIdTokenizer) -> QBert4RecForMaskedItemModeling:
-    """A fresh model whose item table is the tokenizer's."""
+def build_model(model_args: ModelArgs, tokenizer: SemanticIdTokenizer, is_causal: bool = False) -> QBert4RecForMaskedItemModeling:
+    """A fresh model whose item table is the tokenizer's (`is_causal` for the SASRec baseline)."""
     config = QBert4RecConfig(
         num_codebooks=tokenizer.num_codebooks,
         codebook_size=tokenizer.codebook_size,
@@ -76,6 +76,7 @@ def build_model(model_args: ModelArgs, tokenizer: SemanticIdTokenizer) -> QBert4
         max_position_embeddings=model_args.max_len,
         use_item_embedding=model_args.use_item_embedding,
         loss_type=model_args.loss_type,
+        is_causal=is_causal,
     )
     model = QBert4RecForMaskedItemModeling(config)
     model.set_item_codes(tokenizer.item_codes, tokenizer.table_fingerprint)
