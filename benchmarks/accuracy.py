@@ -402,8 +402,9 @@ def markdown_table(results: dict) -> str:
         f"Config: `{results['config_file']}` (settings sha256 {results['settings_sha256'][:12]}).",
         f"Command: `{results['command']}`",
         f"Machine: {machine['platform']}, {machine['cpu_count']} CPUs ({machine['torch_threads']} torch threads), "
-        f"torch {machine['torch']}, transformers {machine['transformers']}; load average {machine['load_average']} "
-        "(above the CPU count: other jobs shared the cores, so seconds are upper bounds).",
+        f"torch {machine['torch']}, transformers {machine['transformers']}; load average {machine['load_average']}"
+        + (" (above the CPU count: other jobs shared the cores, so seconds are upper bounds)."
+           if max(machine["load_average"]) > machine["cpu_count"] else "."),
         "",
         f"![validation]({dataset_stem(results)}_validation.png) ![test]({dataset_stem(results)}_test.png)",
         "",

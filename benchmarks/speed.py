@@ -395,8 +395,8 @@ def markdown_report(report: dict) -> str:
         "",
         "`*`: seconds per epoch extrapolated from the timed batches. Peak RSS is each model's own child process "
         "(Python, torch and the dataset included). Evaluation pads each batch to its longest history: `sorted by "
-        "length` batches users of similar length together (same metrics, far less padding); `training/sequences.py`'s "
-        "`eval_loader` keeps the stored order.",
+        "length` batches users of similar length together (same metrics, far less padding), as `training/sequences.py`'s "
+        "`eval_loader` does in training and `evaluate.py`.",
         "",
         f"Targets (issue 6): all users evaluated in under {TARGETS['eval_all_users_seconds']} s, batch-1 p50 under "
         f"{TARGETS['latency_p50_ms']} ms, peak RSS under {TARGETS['peak_rss_mib']:.0f} MiB.",
@@ -418,7 +418,8 @@ def markdown_report(report: dict) -> str:
         f"Q-Bert4Rec codes: {report['models'].get('qbert4rec', {}).get('tokens', 'n/a')}.",
         f"Command: `{report['command']}`",
         f"Machine: {m['platform']}, {m['cpu_count']} CPUs ({m['torch_threads']} torch threads), torch {m['torch']}; "
-        f"load average {m['load_average']} at the end (above the CPU count: other jobs shared the cores).",
+        f"load average {m['load_average']} at the end"
+        + (" (above the CPU count: other jobs shared the cores)." if max(m["load_average"]) > m["cpu_count"] else "."),
         "",
     ]
     return "\n".join(lines)
