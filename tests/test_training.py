@@ -202,3 +202,15 @@ def test_cross_domain_pretraining_on_two_datasets(tiny, tmp_path):
     with pytest.raises(ValueError, match="--loss_type must be codes, items or codes\\+items"):
         finetune.main(["--pretrained_dir", str(tmp_path / "pre" / "final"), "--dataset_dir", str(data),
                        "--output_dir", str(tmp_path / "ft2"), "--loss_type", "item", *TINY_LOOP])
+
+
+def test_a_checkpoint_cut_off_while_saving_is_ignored(tmp_path):
+    from training.loop import find_checkpoint
+
+    (tmp_path / "checkpoints" / "epoch_3").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "epoch_4.partial").mkdir()
+    (tmp_path / "checkpoints" / "epoch_10").mkdir()
+    assert find_checkpoint(str(tmp_path), "latest").name == "epoch_10"
+    assert find_checkpoint(str(tmp_path / "empty"), "latest") is None
+    with pytest.raises(FileNotFoundError, match="no checkpoint folder at"):
+        find_checkpoint(str(tmp_path), str(tmp_path / "nowhere"))

@@ -118,12 +118,19 @@ def find_checkpoint(output_dir: str, resume_from_checkpoint: str | None) -> Path
         if not path.is_dir():
             raise FileNotFoundError(f"--resume_from_checkpoint: no checkpoint folder at {path}")
         return path
-    checkpoints = sorted((Path(output_dir) / CHECKPOINTS).glob("epoch_*"), key=lambda p: int(p.name.split("_")[1]))
+    checkpoints = _checkpoints(output_dir)
     return checkpoints[-1] if checkpoints else None
 
 
+def _checkpoints(output_dir: str) -> list:
+    """Complete checkpoint folders `epoch_<n>`, oldest first (a `.partial` one was cut off while saving)."""
+    folders = (Path(output_dir) / CHECKPOINTS).glob("epoch_*")
+    complete = [p for p in folders if p.name.split("_", 1)[1].isdigit()]
+    return sorted(complete, key=lambda p: int(p.name.split("_", 1)[1]))
+
+
 def _prune_checkpoints(output_dir: str, keep: int):
-    checkpoints = sorted((Path(output_dir) / CHECKPOINTS).glob("epoch_*"), key=lambda p: int(p.name.split("_")[1]))
+    checkpoints = _checkpoints(output_dir)
     for old in checkpoints[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -202,7 +209,7 @@ def train(model, tokenizer, train_dataset, collator, eval_loader, args: LoopArgs
                 f"epoch {epoch}: loss {log['train/loss']:.4f}  val N@10 {metrics['ndcg@10']:.4f} R@10 "
                 f"{metrics['recall@10']:.4f}  (best {stopping.best:.4f} at epoch {stopping.best_epoch})"
             )
-            accelerator.save_state(str(output_dir / CHECKPOINTS / f"epoch_{epoch}"))
+            save_checkpoint(accelerator, output_dir / CHECKPOINTS / f"epoch_{epoch}")
             if accelerator.is_main_process:
                 _prune_checkpoints(args.output_dir, args.keep_checkpoints)
         accelerator.log(log, step=epoch)
@@ -210,6 +217,17 @@ def train(model, tokenizer, train_dataset, collator, eval_loader, args: LoopArgs
     if accelerator.is_main_process:
         (output_dir / "training_history.json").write_text(json.dumps(stopping.state_dict(), indent=2))
     return stopping
+
+
+def save_checkpoint(accelerator: Accelerator, path: Path):
+    """`save_state` into a temporary folder, then rename it: a run killed while saving leaves no half checkpoint."""
+    partial = path.with_name(path.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(path, ignore_errors=True)
+        partial.rename(path)
 
 
 def save_final(accelerator: Accelerator, model, tokenizer, path: Path):
