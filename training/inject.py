@@ -27,7 +27,6 @@ vector from their content) and `OUT/checkpoints/epoch_<k>/`.
 
 import json
 import logging
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -46,6 +45,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from training.config import parse_args
+from training.loop import find_checkpoint, prune_checkpoints, save_checkpoint
 from training.data import load_prepared
 
 logger = logging.getLogger(__name__)
@@ -561,10 +561,7 @@ def resolve_checkpoint(args: InjectArgs) -> Path | None:
     if not args.resume_from_checkpoint:
         return None
     if args.resume_from_checkpoint == "latest":
-        found = sorted(
-            (Path(args.output_dir) / "checkpoints").glob("epoch_*"), key=lambda p: int(p.name.split("_")[1])
-        )
-        return found[-1] if found else None
+        return find_checkpoint(args.output_dir, "latest")
     path = Path(args.resume_from_checkpoint)
     if not (path / "train_log.json").is_file():
         raise FileNotFoundError(f"{path} is not an inject checkpoint (no train_log.json)")
@@ -641,14 +638,13 @@ def train_epoch(accelerator, model, optimizer, scheduler, loader, modalities, pa
     return {"epoch": epoch + 1, **means, "seconds": time.time() - started}
 
 
-def save_checkpoint(accelerator, output_dir: Path, log: list[dict], keep: int) -> None:
-    """`save_state` into OUT/checkpoints/epoch_<k> (with the log so far); drop all but the newest `keep`."""
-    checkpoints = output_dir / "checkpoints"
-    accelerator.save_state(str(checkpoints / f"epoch_{len(log)}"))
+def save_inject_checkpoint(accelerator, output_dir: Path, log: list[dict], keep: int) -> None:
+    """`save_state` into OUT/checkpoints/epoch_<k> (atomically, with the log so far); keep the newest `keep`."""
+    path = output_dir / "checkpoints" / f"epoch_{len(log)}"
+    save_checkpoint(accelerator, path)
     if accelerator.is_main_process:
-        (checkpoints / f"epoch_{len(log)}" / "train_log.json").write_text(json.dumps(log, indent=2))
-        for old in sorted(checkpoints.glob("epoch_*"), key=lambda p: int(p.name.split("_")[1]))[: -max(keep, 1)]:
-            shutil.rmtree(old)
+        (path / "train_log.json").write_text(json.dumps(log, indent=2))
+        prune_checkpoints(str(output_dir), max(keep, 1))
 
 
 def main(argv=None) -> dict:
@@ -720,7 +716,7 @@ def inject(args: InjectArgs) -> dict:
     for epoch in range(start_epoch, args.num_epochs):
         log.append(train_epoch(accelerator, model, optimizer, scheduler, loader, modalities, pairs, epoch, args))
         accelerator.print(json.dumps(log[-1]))
-        save_checkpoint(accelerator, output_dir, log, args.checkpoints_to_keep)
+        save_inject_checkpoint(accelerator, output_dir, log, args.checkpoints_to_keep)
 
     # Outputs
     model = accelerator.unwrap_model(model)

@@ -129,7 +129,7 @@ def _checkpoints(output_dir: str) -> list:
     return sorted(complete, key=lambda p: int(p.name.split("_", 1)[1]))
 
 
-def _prune_checkpoints(output_dir: str, keep: int):
+def prune_checkpoints(output_dir: str, keep: int):
     checkpoints = _checkpoints(output_dir)
     for old in checkpoints[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
@@ -211,7 +211,7 @@ def train(model, tokenizer, train_dataset, collator, eval_loader, args: LoopArgs
             )
             save_checkpoint(accelerator, output_dir / CHECKPOINTS / f"epoch_{epoch}")
             if accelerator.is_main_process:
-                _prune_checkpoints(args.output_dir, args.keep_checkpoints)
+                prune_checkpoints(args.output_dir, args.keep_checkpoints)
         accelerator.log(log, step=epoch)
     accelerator.end_training()
     if accelerator.is_main_process:
