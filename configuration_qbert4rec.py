@@ -26,6 +26,9 @@ class QBert4RecConfig(PretrainedConfig):
         initializer_range (`float`, defaults to 0.02): standard deviation of the normal initialiser.
         layer_norm_eps (`float`, defaults to 1e-12): epsilon of the layer norms.
         use_item_embedding (`bool`, defaults to `False`): add a learned item-ID embedding to the code embeddings.
+        score_item_embedding (`bool`, defaults to `False`): with `use_item_embedding`, also add the (tied) item-ID
+            embedding to each item's summed code embeddings when scoring the catalogue, so items whose codes are
+            nearly identical can still be told apart.
         loss_type (`str`, defaults to `"codes+items"`): training loss at masked positions: `"codes"` = cross-entropy
             of each level's code (the paper's), `"items"` = cross-entropy over the whole catalogue of the item scores
             used for ranking (sum over levels of the code logits), `"codes+items"` = their sum.
@@ -57,6 +60,7 @@ class QBert4RecConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         layer_norm_eps: float = 1e-12,
         use_item_embedding: bool = False,
+        score_item_embedding: bool = False,
         loss_type: str = "codes+items",
         is_causal: bool = False,
         item_table_fingerprint: str | None = None,
@@ -93,6 +97,8 @@ class QBert4RecConfig(PretrainedConfig):
                 raise ValueError(f"{name} must be in [0, 1), got {p}")
         if hidden_act not in ("gelu", "relu"):
             raise ValueError(f"hidden_act must be 'gelu' or 'relu', got {hidden_act!r}")
+        if score_item_embedding and not use_item_embedding:
+            raise ValueError("score_item_embedding=True needs use_item_embedding=True")
         if loss_type not in ("codes", "items", "codes+items"):
             raise ValueError(f"loss_type must be 'codes', 'items' or 'codes+items', got {loss_type!r}")
         specials = {"pad_token_id": pad_token_id, "mask_token_id": mask_token_id, "unk_token_id": unk_token_id, "sep_token_id": sep_token_id}
@@ -118,6 +124,7 @@ class QBert4RecConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         self.layer_norm_eps = layer_norm_eps
         self.use_item_embedding = use_item_embedding
+        self.score_item_embedding = score_item_embedding
         self.loss_type = loss_type
         self.is_causal = is_causal
         self.item_table_fingerprint = item_table_fingerprint

@@ -276,6 +276,8 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
         code embeddings (and summed biases), never a gather per level of size `(M, num_items)`."""
         code_embeddings = self.qbert4rec.embeddings.code_embeddings
         item_embeddings = code_embeddings(self.item_token_ids).sum(1)  # (num_items, L, H) -> (num_items, H)
+        if self.config.score_item_embedding:
+            item_embeddings = item_embeddings + self.qbert4rec.embeddings.item_embeddings.weight[: self.config.num_items]
         levels = torch.arange(self.config.num_codebooks, device=self.item_codes.device)
         item_bias = self.head.bias[levels, self.item_codes].sum(1)  # (num_items,)
         return F.linear(states, item_embeddings, item_bias)  # (M, num_items)
@@ -382,6 +384,7 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
         states = self.head.transform(hidden)  # (B, H)
         code_logits = self.head.code_logits(states, self.qbert4rec.embeddings.code_embeddings.weight)  # (B, L, K)
         # Sum over levels of log p(code) = sum of the item's code logits - sum over levels of logsumexp.
+        # (With score_item_embedding the item-ID term is added too; the per-history constant does not change ranks.)
         log_normaliser = code_logits.logsumexp(-1).sum(-1, keepdim=True)  # (B, 1)
         return self._item_logits(states) - log_normaliser  # (B, num_items)
 

@@ -86,7 +86,7 @@ def build_id_model(model_args: ModelArgs, tokenizer: SemanticIdTokenizer, causal
     """The Q-Bert4Rec backbone over item IDs: bidirectional (BERT4Rec) or causal (SASRec), catalogue cross-entropy.
 
     The single code level already is an item-ID embedding, so no extra item embedding is added."""
-    id_args = dataclasses.replace(model_args, use_item_embedding=False, loss_type="items")
+    id_args = dataclasses.replace(model_args, use_item_embedding=False, score_item_embedding=False, loss_type="items")
     return build_model(id_args, tokenizer, is_causal=causal)
 
 

@@ -214,3 +214,26 @@ def test_a_checkpoint_cut_off_while_saving_is_ignored(tmp_path):
     assert find_checkpoint(str(tmp_path / "empty"), "latest") is None
     with pytest.raises(FileNotFoundError, match="no checkpoint folder at"):
         find_checkpoint(str(tmp_path), str(tmp_path / "nowhere"))
+
+
+def test_score_item_embedding_adds_the_item_id_term_to_catalogue_scores(tiny):
+    from configuration_qbert4rec import QBert4RecConfig
+    from modeling_qbert4rec import QBert4RecForMaskedItemModeling
+
+    with pytest.raises(ValueError, match="score_item_embedding=True needs use_item_embedding=True"):
+        QBert4RecConfig(score_item_embedding=True)
+    _, _, sid, _ = tiny
+    tok = SemanticIdTokenizer.from_pretrained(sid)
+    config = QBert4RecConfig(num_codebooks=3, codebook_size=8, num_items=NUM_ITEMS, hidden_size=16, num_attention_heads=2,
+                             intermediate_size=32, max_position_embeddings=8, use_item_embedding=True,
+                             score_item_embedding=True)
+    model = QBert4RecForMaskedItemModeling(config).eval()
+    model.set_item_codes(tok.item_codes)
+    batch = tok([["I001", "I002"]], return_tensors="pt")
+    before = model.score_items(**batch)
+    with torch.no_grad():
+        # item 5's own row (not in the history); a random direction, since LayerNorm-ed states sum to ~0
+        model.qbert4rec.embeddings.item_embeddings.weight[5] += torch.randn(16, generator=torch.Generator().manual_seed(0))
+    after = model.score_items(**batch)
+    changed = (after - before).abs() > 1e-6
+    assert changed[0, 5] and changed.sum() == 1

@@ -41,6 +41,9 @@ class ModelArgs:
     attention_probs_dropout_prob: float = field(default=0.2, metadata={"help": "dropout on attention weights"})
     max_len: int = field(default=50, metadata={"help": "positions per sequence (history + [MASK])"})
     use_item_embedding: bool = field(default=False, metadata={"help": "add an item-ID embedding to the codes"})
+    score_item_embedding: bool = field(
+        default=False, metadata={"help": "also score the catalogue with the item-ID embedding (QBert4RecConfig)"}
+    )
     loss_type: str = field(default="codes+items", metadata={"help": "codes, items or codes+items (QBert4RecConfig)"})
 
 
@@ -75,6 +78,7 @@ def build_model(model_args: ModelArgs, tokenizer: SemanticIdTokenizer, is_causal
         attention_probs_dropout_prob=model_args.attention_probs_dropout_prob,
         max_position_embeddings=model_args.max_len,
         use_item_embedding=model_args.use_item_embedding,
+        score_item_embedding=model_args.score_item_embedding,
         loss_type=model_args.loss_type,
         is_causal=is_causal,
     )
