@@ -85,15 +85,6 @@ class QBert4RecModelTester:
 tester = QBert4RecModelTester()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: one intra-op thread, since handing 10-element ops to a thread pool on a busy machine costs
-    hundreds of milliseconds each."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture
 def tok():

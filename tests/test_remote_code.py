@@ -29,15 +29,6 @@ COMMIT = hashlib.sha1(b"qbert4rec-test/tiny").hexdigest()  # any 40-hex commit h
 TOP_K = 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: one intra-op thread, since handing 10-element ops to a thread pool on a busy machine costs
-    hundreds of milliseconds each."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 # Runs in the child with `python -I -S`: no site processing (so no .pth file, hence no editable finder), no
 # PYTHON* variables, no current or script folder on sys.path. It gets only the site-packages folders it is given.
