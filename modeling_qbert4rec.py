@@ -386,7 +386,7 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
         # Sum over levels of log p(code) = sum of the item's code logits - sum over levels of logsumexp.
         # (With score_item_embedding the item-ID term is added too; the per-history constant does not change ranks.)
         log_normaliser = code_logits.logsumexp(-1).sum(-1, keepdim=True)  # (B, 1)
-        return self._item_logits(states) - log_normaliser  # (B, num_items)
+        return self._item_logits(states).sub_(log_normaliser)  # (B, num_items)
 
     @torch.no_grad()
     def recommend(self, input_ids, attention_mask=None, item_indices=None, top_k=10, exclude_history=False, **kwargs):

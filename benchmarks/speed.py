@@ -158,13 +158,20 @@ def build(name: str, args: SpeedArgs, dataset_dir: str):
 
 
 def time_training(model, dataset, collator, loop_args, max_batches: int, seed: int, desc: str) -> dict:
-    """Time `max_batches` optimisation steps (0: one epoch) with the loop's settings (AdamW, clipping, no evaluation)."""
+    """Time `max_batches` optimisation steps (0: one epoch) with the loop's settings (AdamW, clipping, batches grouped
+    by length, no evaluation)."""
     import torch
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    loader = DataLoader(dataset, batch_size=loop_args.batch_size, shuffle=True, collate_fn=collator,
-                        generator=torch.Generator().manual_seed(seed))
+    from training.loop import LengthGroupedSampler
+
+    if loop_args.group_by_length:  # as the training loop batches
+        sampler = LengthGroupedSampler([len(items) for items in dataset["item_indices"]], loop_args.batch_size, seed)
+        loader = DataLoader(dataset, batch_size=loop_args.batch_size, sampler=sampler, collate_fn=collator)
+    else:
+        loader = DataLoader(dataset, batch_size=loop_args.batch_size, shuffle=True, collate_fn=collator,
+                            generator=torch.Generator().manual_seed(seed))
     optimizer = torch.optim.AdamW(model.parameters(), lr=loop_args.learning_rate, weight_decay=loop_args.weight_decay)
     limit = min(max_batches, len(loader)) if max_batches else len(loader)
     model.train()

@@ -58,10 +58,14 @@ def test_exclude_removes_candidates_but_never_the_target():
 
 def test_ranks_match_a_sort_based_reference():
     g = torch.Generator().manual_seed(0)
-    scores = torch.randn(64, 300, generator=g)
-    targets = torch.randint(0, 300, (64,), generator=g)
+    scores = torch.randn(150, 300, generator=g)  # more rows than one block of target_ranks (64)
+    targets = torch.randint(0, 300, (150,), generator=g)
     reference = (scores.argsort(dim=1, descending=True) == targets[:, None]).float().argmax(dim=1)
     assert torch.equal(target_ranks(scores, targets), reference)
+    exclude = torch.rand(150, 300, generator=g) < 0.3
+    kept = scores.masked_fill(exclude & (torch.arange(300) != targets[:, None]), -torch.inf)
+    excluded_reference = (kept.argsort(dim=1, descending=True) == targets[:, None]).float().argmax(dim=1)
+    assert torch.equal(target_ranks(scores, targets, exclude), excluded_reference)
     metrics = rank_metrics(scores, targets)
     assert torch.allclose(metrics["ndcg@10"], torch.where(reference < 10, 1 / torch.log2(reference + 2.0), 0).double())
 

@@ -60,18 +60,25 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, exclude: torch.Ten
             raise ValueError(f"scores contain NaN in {int(nan_rows.sum())} row(s), first rows {rows}")
     targets = targets.long()
 
-    # items scoring higher than the target, plus the other items tied with it (pessimistic), in one comparison:
-    # rank = #{candidates j : score_j >= score_target} - 1 (the target itself)
-    at_least_target = scores >= scores.gather(1, targets[:, None])  # (B, N)
     if exclude is not None:
         if exclude.shape != scores.shape or exclude.dtype != torch.bool:
             raise ValueError(f"exclude must be a bool tensor shaped like scores {tuple(scores.shape)}, got "
                              f"{exclude.dtype} {tuple(exclude.shape)}")
         candidate = ~exclude.to(scores.device)
         candidate[torch.arange(batch, device=scores.device), targets] = True
-        at_least_target &= candidate
-    # summing bytes into int32 is about twice as fast as summing bools (which go through int64) on CPU
-    return at_least_target.view(torch.uint8).sum(dim=1, dtype=torch.int32).long() - 1
+    # items scoring higher than the target, plus the other items tied with it (pessimistic), in one comparison:
+    # rank = #{candidates j : score_j >= score_target} - 1 (the target itself)
+    target_scores = scores.gather(1, targets[:, None])  # (B, 1)
+    counts = []
+    # Blocks of 64 rows keep the comparison in cache (several times faster on CPU than one (B, N) pass), and summing
+    # bytes into int32 is about twice as fast as summing bools (which go through int64).
+    for start in range(0, batch, 64):
+        rows = slice(start, start + 64)
+        at_least_target = scores[rows] >= target_scores[rows]  # (64, N)
+        if exclude is not None:
+            at_least_target &= candidate[rows]
+        counts.append(at_least_target.view(torch.uint8).sum(dim=1, dtype=torch.int32))
+    return torch.cat(counts).long() - 1
 
 
 def metrics_from_ranks(ranks: torch.Tensor, ks=DEFAULT_KS) -> dict[str, torch.Tensor]:

@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from training.evaluate import evaluate_model
 
@@ -49,6 +50,9 @@ class LoopArgs:
     max_train_sequences: int = field(default=None, metadata={"help": "use only this many training sequences (smoke runs)"})
     max_eval_users: int = field(default=None, metadata={"help": "validate on only this many users (faster selection)"})
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
+    group_by_length: bool = field(
+        default=True, metadata={"help": "batch sequences of similar lengths together (less padding, same random order)"}
+    )
     report_to: str = field(default="tensorboard", metadata={"help": "Accelerate tracker (tensorboard, none)"})
 
 
@@ -90,6 +94,24 @@ class EpochCounter:
 
     def load_state_dict(self, state):
         self.next_epoch = state["next_epoch"]
+
+
+class LengthGroupedSampler(Sampler):
+    """A random order in which each run of `batch_size` indices has similar sequence lengths (transformers'
+    `get_length_grouped_indices`), drawn from `(seed, epoch)` so a resumed epoch sees the same order."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
 
 
 def make_accelerator(args: LoopArgs, project_name: str) -> Accelerator:
@@ -142,8 +164,17 @@ def train(model, tokenizer, train_dataset, collator, eval_loader, args: LoopArgs
     Returns the early-stopping record; the best weights are in `output_dir/best` (model + tokenizer).
     """
     output_dir = Path(args.output_dir)
+    sampler = None
+    if args.group_by_length:  # sequences are padded to the longest in their batch: mixed lengths waste most compute
+        lengths = [len(items) for items in train_dataset["item_indices"]]
+        sampler = LengthGroupedSampler(lengths, args.batch_size, args.seed)
     train_loader = DataLoader(
-        train_dataset, batch_size=args.batch_size, shuffle=True, collate_fn=collator, num_workers=args.num_workers
+        train_dataset,
+        batch_size=args.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        collate_fn=collator,
+        num_workers=args.num_workers,
     )
     no_decay = ("bias", "LayerNorm.weight", "norm.weight")
     groups = [
@@ -176,6 +207,8 @@ def train(model, tokenizer, train_dataset, collator, eval_loader, args: LoopArgs
             collator.set_epoch(epoch)
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         total_loss, batches = 0.0, 0
         progress = tqdm(train_loader, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process, leave=False)
         for batch in progress:
