@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import ModelOutput
@@ -26,6 +27,14 @@ try:  # inside a checkpoint (remote code) the files form a package
     from .configuration_qbert4rec import QBert4RecConfig
 except ImportError:  # installed as flat modules (pip install -e .)
     from configuration_qbert4rec import QBert4RecConfig
+
+
+ITEM_LOSS_BLOCK = 256  # rows of catalogue logits alive at once in the training loss
+
+
+def _summed_cross_entropy(states, targets, item_embeddings, item_bias):
+    """Sum of the catalogue cross-entropies of `states` `(m, H)` for `targets` `(m,)`."""
+    return F.cross_entropy(F.linear(states, item_embeddings, item_bias), targets, reduction="sum")
 
 
 class QBert4RecEmbeddings(nn.Module):
@@ -269,18 +278,39 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
         """`(num_items, num_codebooks)` token ids of every item's codes."""
         return self.item_codes + self._level_offsets()
 
+    def _item_table(self):
+        """Each item's output embedding `(num_items, H)` and bias `(num_items,)`: its summed code embeddings (plus its
+        item-ID embedding with `score_item_embedding`) and summed code biases."""
+        embeddings = self.qbert4rec.embeddings
+        item_embeddings = embeddings.code_embeddings(self.item_token_ids).sum(1)  # (num_items, L, H) -> (num_items, H)
+        if self.config.score_item_embedding:
+            item_embeddings = item_embeddings + embeddings.item_embeddings.weight[: self.config.num_items]
+        levels = torch.arange(self.config.num_codebooks, device=self.item_codes.device)
+        return item_embeddings, self.head.bias[levels, self.item_codes].sum(1)
+
     def _item_logits(self, states):
         """Prediction states `(M, H)` -> item logits `(M, num_items)`, the sum of each item's code logits.
 
         The code logits are linear in the states, so the sum over levels is one matmul with each item's summed
         code embeddings (and summed biases), never a gather per level of size `(M, num_items)`."""
-        code_embeddings = self.qbert4rec.embeddings.code_embeddings
-        item_embeddings = code_embeddings(self.item_token_ids).sum(1)  # (num_items, L, H) -> (num_items, H)
-        if self.config.score_item_embedding:
-            item_embeddings = item_embeddings + self.qbert4rec.embeddings.item_embeddings.weight[: self.config.num_items]
-        levels = torch.arange(self.config.num_codebooks, device=self.item_codes.device)
-        item_bias = self.head.bias[levels, self.item_codes].sum(1)  # (num_items,)
-        return F.linear(states, item_embeddings, item_bias)  # (M, num_items)
+        return F.linear(states, *self._item_table())  # (M, num_items)
+
+    def _item_cross_entropy(self, states, target_items):
+        """Mean catalogue cross-entropy of states `(M, H)` against item indices `(M,)` (-100 ignored).
+
+        Pretraining has thousands of masked positions per batch: their `(M, num_items)` logits, softmax and gradient
+        would take gigabytes. Blocks of `ITEM_LOSS_BLOCK` rows are checkpointed instead (their logits are recomputed in
+        the backward pass), so memory stays `ITEM_LOSS_BLOCK x num_items` whatever M."""
+        keep = target_items != -100
+        states, target_items = states[keep], target_items[keep]
+        table = self._item_table()
+        if len(states) <= ITEM_LOSS_BLOCK:
+            return F.cross_entropy(F.linear(states, *table), target_items)
+        total = sum(
+            checkpoint(_summed_cross_entropy, block, targets, *table, use_reentrant=False)
+            for block, targets in zip(states.split(ITEM_LOSS_BLOCK), target_items.split(ITEM_LOSS_BLOCK))
+        )
+        return total / len(states)
 
     def _items_of_codes(self, codes):
         """Code tuples `(M, L)` -> item indices `(M,)` (-100 for a tuple outside the catalogue)."""
@@ -338,8 +368,7 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
             loss = loss + F.cross_entropy(logits.reshape(-1, self.config.codebook_size), targets.reshape(-1))
         target_items = self._items_of_codes(targets)  # (M,), -100 where the tuple is not in the catalogue
         if self.config.loss_type in ("items", "codes+items") and (target_items != -100).any():
-            item_logits = self._item_logits(states)  # (M, num_items)
-            loss = loss + F.cross_entropy(item_logits, target_items, ignore_index=-100)
+            loss = loss + self._item_cross_entropy(states, target_items)
         return QBert4RecMaskedItemOutput(loss=loss, logits=logits, last_hidden_state=hidden)
 
     def _left_padded_mask(self, input_ids, attention_mask):

@@ -33,6 +33,7 @@ checkpoint. `--quick` writes `<dataset>-quick.*` instead. A failed run is record
 others go on (`--fail_fast true` stops instead).
 """
 
+import fcntl
 import hashlib
 import json
 import math
@@ -475,14 +476,37 @@ def plot_results(results: dict, results_dir: Path) -> list[Path]:
     return paths
 
 
+def merge_runs_from_disk(results: dict, path: Path) -> None:
+    """Add to `results` the runs another process (same settings) wrote to `path` since this one read it."""
+    if not path.is_file():
+        return
+    for name, row in json.loads(path.read_text()).get("rows", {}).items():
+        theirs = {s: r for s, r in row.get("seeds", {}).items() if r.get("settings_sha256") == results["settings_sha256"]}
+        mine = results["rows"].get(name)
+        if mine is None and theirs:
+            mine = results["rows"][name] = {k: v for k, v in row.items() if k not in ("seeds", "summary", "error")}
+            mine["seeds"] = {}
+        for seed, run in theirs.items():
+            mine["seeds"].setdefault(seed, run)
+        if mine is not None:
+            mine["summary"] = summarise(mine["seeds"])
+
+
 def write_reports(results: dict, results_dir: Path) -> None:
-    """`<stem>.json`, `<stem>.md` and the two PNGs, rows in table order (main rows, then the ablations)."""
+    """`<stem>.json`, `<stem>.md` and the two PNGs, rows in table order (main rows, then the ablations).
+
+    Several processes may run rows of the same dataset at once (`--only`): under a file lock, each merges the
+    runs the others wrote before writing."""
     stem = dataset_stem(results)
-    order = [r.name for r in plan_rows("all", False) + plan_rows("ablations", True)]
-    results["rows"] = dict(sorted(results["rows"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
-    write_json(results, results_dir / f"{stem}.json")
-    (results_dir / f"{stem}.md").write_text(markdown_table(results))
-    plot_results(results, results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    with open(results_dir / f"{stem}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        merge_runs_from_disk(results, results_dir / f"{stem}.json")
+        order = [r.name for r in plan_rows("all", False) + plan_rows("ablations", True)]
+        results["rows"] = dict(sorted(results["rows"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+        write_json(results, results_dir / f"{stem}.json")
+        (results_dir / f"{stem}.md").write_text(markdown_table(results))
+        plot_results(results, results_dir)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

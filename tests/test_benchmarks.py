@@ -94,6 +94,20 @@ def test_load_results_drops_records_of_other_settings(tmp_path):
     assert accuracy.load_results(tmp_path / "absent.json", "new") == {"rows": {}}
 
 
+def test_runs_written_by_another_process_are_merged_not_lost(tmp_path):
+    path = tmp_path / "beauty.json"
+    record = {"test": {m: 0.1 for m in accuracy.METRICS}, "train_seconds": 1.0, "settings_sha256": "new"}
+    # on disk: another process finished sasrec-ce seed 1 and qbert4rec seed 0 (and an old-settings run)
+    path.write_text(json.dumps({"rows": {
+        "sasrec-ce": {"kind": "sasrec-ce", "seeds": {"1": record}},
+        "qbert4rec": {"kind": "qbert4rec", "seeds": {"0": record, "9": {**record, "settings_sha256": "old"}}},
+    }}))
+    ours = {"settings_sha256": "new", "rows": {"sasrec-ce": {"kind": "sasrec-ce", "seeds": {"0": record}}}}
+    accuracy.merge_runs_from_disk(ours, path)
+    assert sorted(ours["rows"]["sasrec-ce"]["seeds"]) == ["0", "1"] and ours["rows"]["sasrec-ce"]["summary"]["n"] == 2
+    assert list(ours["rows"]["qbert4rec"]["seeds"]) == ["0"] and ours["rows"]["qbert4rec"]["kind"] == "qbert4rec"
+
+
 def test_id_baselines_are_one_level_item_id_models():
     tokenizer = id_tokenizer(["a", "b", "c", "d", "e"], max_len=4)
     assert tokenizer.num_codebooks == 1 and tokenizer.codebook_size == 5

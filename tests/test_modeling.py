@@ -145,6 +145,27 @@ def test_loss_matches_its_definition(tok, loss_type):
     torch.testing.assert_close(out.loss, expected)
 
 
+@pytest.mark.parametrize("score_item_embedding", [False, True])
+def test_blocked_catalogue_loss_equals_the_one_pass_loss_and_gradients(tok, monkeypatch, score_item_embedding):
+    """Above ITEM_LOSS_BLOCK masked positions the catalogue loss runs in checkpointed blocks: same value, same grads."""
+    import modeling_qbert4rec
+
+    model = tester.get_model(tok, loss_type="items", use_item_embedding=True, score_item_embedding=score_item_embedding)
+    inputs = tester.prepare_masked_inputs(tok)  # 4 labelled positions
+    results = []
+    for block in (1024, 3, 1):  # one pass; blocks of 3 + 1; blocks of 1
+        monkeypatch.setattr(modeling_qbert4rec, "ITEM_LOSS_BLOCK", block)
+        model.zero_grad()
+        loss = model.eval()(**inputs).loss
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    for loss, grads in results[1:]:
+        torch.testing.assert_close(loss, results[0][0])
+        assert grads.keys() == results[0][1].keys()
+        for name in grads:
+            torch.testing.assert_close(grads[name], results[0][1][name], msg=name)
+
+
 def test_loss_without_labelled_positions_is_zero_not_nan(tok, model):
     inputs = tester.prepare_masked_inputs(tok)
     inputs["labels"] = torch.full_like(inputs["labels"], -100)
