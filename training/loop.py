@@ -10,6 +10,7 @@ uninterrupted one of the same seed.
 import json
 import math
 import shutil
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -84,16 +85,18 @@ class EarlyStopping:
 
 
 class EpochCounter:
-    """The next epoch to run, checkpointed so a resumed run knows where it stopped."""
+    """The next epoch to run, and the training seconds so far (validation excluded) and at each validation;
+    checkpointed so a resumed run knows where it stopped."""
 
     def __init__(self):
-        self.next_epoch = 0
+        self.next_epoch, self.train_seconds, self.seconds_at_evaluation = 0, 0.0, []
 
     def state_dict(self):
-        return {"next_epoch": self.next_epoch}
+        return {k: getattr(self, k) for k in ("next_epoch", "train_seconds", "seconds_at_evaluation")}
 
     def load_state_dict(self, state):
-        self.next_epoch = state["next_epoch"]
+        for k, v in state.items():
+            setattr(self, k, v)
 
 
 class LengthGroupedSampler(Sampler):
@@ -202,6 +205,7 @@ def train(model, tokenizer, train_dataset, collator, eval_loader, args: LoopArgs
     for epoch in range(epochs.next_epoch, args.num_epochs):
         if stopping.should_stop:
             break
+        epoch_start = time.perf_counter()
         model.train()
         if hasattr(collator, "set_epoch"):
             collator.set_epoch(epoch)
@@ -231,16 +235,19 @@ def train(model, tokenizer, train_dataset, collator, eval_loader, args: LoopArgs
             batches += 1
             progress.set_postfix(loss=f"{total_loss / batches:.4f}")
         epochs.next_epoch = epoch + 1
+        epochs.train_seconds += time.perf_counter() - epoch_start
         log = {"train/loss": total_loss / max(1, batches), "train/lr": scheduler.get_last_lr()[0]}
 
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.num_epochs:
             metrics = evaluate_model(accelerator.unwrap_model(model), eval_loader, accelerator=accelerator)
             log.update({f"validation/{k}": v for k, v in metrics.items() if isinstance(v, float)})
+            epochs.seconds_at_evaluation.append(round(epochs.train_seconds, 2))
             if stopping.update(epoch, metrics["ndcg@10"]):
                 save_final(accelerator, model, tokenizer, output_dir / BEST)
             accelerator.print(
                 f"epoch {epoch}: loss {log['train/loss']:.4f}  val N@10 {metrics['ndcg@10']:.4f} R@10 "
-                f"{metrics['recall@10']:.4f}  (best {stopping.best:.4f} at epoch {stopping.best_epoch})"
+                f"{metrics['recall@10']:.4f}  (best {stopping.best:.4f} at epoch {stopping.best_epoch})  "
+                f"{epochs.train_seconds:.0f} s of training"
             )
             save_checkpoint(accelerator, output_dir / CHECKPOINTS / f"epoch_{epoch}")
             if accelerator.is_main_process:
@@ -248,7 +255,8 @@ def train(model, tokenizer, train_dataset, collator, eval_loader, args: LoopArgs
         accelerator.log(log, step=epoch)
     accelerator.end_training()
     if accelerator.is_main_process:
-        (output_dir / "training_history.json").write_text(json.dumps(stopping.state_dict(), indent=2))
+        record = {**stopping.state_dict(), "train_seconds_at_evaluation": epochs.seconds_at_evaluation}
+        (output_dir / "training_history.json").write_text(json.dumps(record, indent=2))
     return stopping
 
 
