@@ -49,7 +49,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.baselines import CANDIDATES, machine_info, most_popular, stage_done, train_id_model  # noqa: E402
-from benchmarks.baselines import validation_history, write_stage_record  # noqa: E402
+from benchmarks.baselines import seconds_to_selected_epoch, validation_history, write_stage_record  # noqa: E402
 from training import finetune, inject, pipeline, pretrain, quantize  # noqa: E402
 from training.config import default_data_dir, load_yaml, parse_args  # noqa: E402
 from training.data import DEFAULT_INPUTS  # noqa: E402
@@ -306,6 +306,7 @@ def run_qbert4rec(row: Row, seed: int, ws: Workspace, args: AccuracyArgs) -> dic
         "semantic_id_seconds": sid_seconds,
         "validation_ndcg@10": histories,
         "best_validation_ndcg@10": max(histories["finetune"]) if histories["finetune"] else None,
+        "seconds_to_selected_epoch": seconds_to_selected_epoch([out / name for name in stages]),
         "output_dir": str(out),
     }
 
@@ -336,8 +337,10 @@ def summarise(seed_records: dict) -> dict:
     if not records:
         return {}
     out = {"n": len(records), "mean": {}, "std": {}}
-    for name in (*METRICS, "train_seconds"):
-        values = [r["test"][name] if name in METRICS else r.get("train_seconds", 0.0) for r in records]
+    for name in (*METRICS, "train_seconds", "seconds_to_selected_epoch"):
+        values = [r["test"][name] if name in METRICS else r.get(name) for r in records]
+        if None in values:  # most-popular trains nothing; older runs lack the time to the selected epoch
+            continue
         mean = sum(values) / len(values)
         var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
         out["mean"][name], out["std"][name] = mean, math.sqrt(var)
@@ -378,22 +381,26 @@ def markdown_table(results: dict) -> str:
         "",
         f"Test split, leave-one-out, full ranking over all {results.get('num_items', '?')} items, candidates: {CANDIDATES}; "
         "each model selected on validation NDCG@10. Main rows: mean ± sample std over the seeds listed; ablations: one seed. "
-        "`train s`: seconds of stage-3 training (pretrain + fine-tune), not counting stages 1-2.",
+        "`train s`: seconds of stage-3 training (pretrain + fine-tune, validation and early-stopping epochs "
+        "included), not counting stages 1-2; `to selected`: training seconds (validation excluded) until the epochs "
+        "whose weights were kept, i.e. the time to the quality shown.",
         "",
-        "| row | what | seeds | R@5 | R@10 | R@20 | N@5 | N@10 | N@20 | MRR | train s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| row | what | seeds | R@5 | R@10 | R@20 | N@5 | N@10 | N@20 | MRR | train s | to selected |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in results["rows"].items():
         summary = row.get("summary") or {}
         if row.get("skipped"):
-            lines.append(f"| {name} | {row['description']} | - | {row['skipped']} |" + " |" * 7)
+            lines.append(f"| {name} | {row['description']} | - | {row['skipped']} |" + " |" * 8)
             continue
         if not summary:
             error = row.get("error", "not run yet").splitlines()[0][:80]
-            lines.append(f"| {name} | {row['description']} | - | {error} |" + " |" * 7)
+            lines.append(f"| {name} | {row['description']} | - | {error} |" + " |" * 8)
             continue
         seeds = ",".join(sorted(row["seeds"], key=int))
-        cells = [_cell(summary, m) for m in METRICS] + [_cell(summary, "train_seconds", 0)]
+        cells = [_cell(summary, m) for m in METRICS] + [
+            _cell(summary, name, 0) if name in summary["mean"] else "-" for name in ("train_seconds", "seconds_to_selected_epoch")
+        ]
         lines.append(f"| {name} | {row['description']} | {seeds} | " + " | ".join(cells) + " |")
     if dataset == "beauty":
         lines += ["", "Published Beauty anchors (R@10 / N@10, same protocol, not measured here): "

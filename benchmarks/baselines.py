@@ -122,6 +122,20 @@ def validation_history(stage_dir: Path) -> list[float]:
     return [entry["score"] for entry in json.loads(path.read_text())["history"]]
 
 
+def seconds_to_selected_epoch(stage_dirs: list) -> float | None:
+    """Training seconds (validation excluded) until the epoch each stage kept, summed over the stages (pretraining
+    then fine-tuning): the time to the reported quality. None for runs made before the loop recorded times."""
+    total = 0.0
+    for stage_dir in stage_dirs:
+        record = json.loads((Path(stage_dir) / "training_history.json").read_text())
+        seconds = record.get("train_seconds_at_evaluation")
+        if not seconds:
+            return None
+        best = [entry["epoch"] for entry in record["history"]].index(record["best_epoch"])
+        total += seconds[best]
+    return round(total, 2)
+
+
 def most_popular(dataset_dir: str) -> dict:
     """Validation and test metrics of the most-popular baseline (full ranking, history items kept)."""
     start = time.perf_counter()
@@ -215,6 +229,7 @@ def train_id_model(
         "stage_seconds": {name: s["seconds"] for name, s in stages.items()},
         "validation_ndcg@10": histories,
         "best_validation_ndcg@10": max(histories[last]) if histories[last] else None,
+        "seconds_to_selected_epoch": seconds_to_selected_epoch([out / name for name in stages]),
         "fine_tuned": finetune_after,
         "output_dir": str(out),
     }

@@ -181,6 +181,10 @@ def test_accuracy_writes_every_row_with_metrics(tiny_bench):
     assert len(rows["sasrec-ce"]["seeds"]["0"]["validation_ndcg@10"]["pretrain"]) == 2
     assert rows["bert4rec-id"]["seeds"]["0"]["fine_tuned"] is True
     assert rows["qbert4rec"]["seeds"]["0"]["train_seconds"] > 0
+    for name in ("bert4rec-id", "sasrec-ce", "qbert4rec"):  # time to the kept epochs, less than all training
+        run = rows[name]["seeds"]["0"]
+        assert 0 < run["seconds_to_selected_epoch"] < run["train_seconds"], name
+    assert "seconds_to_selected_epoch" not in rows["most-popular"]["summary"]["mean"]
     # the seeds change the trained models
     assert rows["sasrec-ce"]["seeds"]["0"]["validation_ndcg@10"] != rows["sasrec-ce"]["seeds"]["1"]["validation_ndcg@10"]
 
