@@ -126,10 +126,11 @@ def plan_rows(which: str, item_embedding_in_config: bool) -> list[Row]:
             for s in MASKING
         ],
         Row(f"qbert4rec/{'+' if flip else '-'}item-embedding", "ablation", "qbert4rec",
-            f"{'with' if flip else 'without'} the item-ID embedding",
-            pretrain_flags=("--use_item_embedding", str(flip).lower())),
+            f"{'with' if flip else 'without'} the item-ID embedding (inputs and catalogue scores)",
+            pretrain_flags=("--use_item_embedding", str(flip).lower(), "--score_item_embedding", str(flip).lower())),
         Row("qbert4rec/cross-domain", "ablation", "qbert4rec", "pretrained on another domain too",
-            pretrain_flags=("--use_item_embedding", "false", "--loss_type", "codes"), cross_domain=True),
+            pretrain_flags=("--use_item_embedding", "false", "--score_item_embedding", "false", "--loss_type", "codes"),
+            cross_domain=True),
     ]
     return {"main": main_rows, "ablations": ablations, "all": main_rows + ablations}[which]
 

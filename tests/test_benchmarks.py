@@ -36,7 +36,7 @@ def test_plan_rows_main_and_ablations():
     main = accuracy.plan_rows("main", item_embedding_in_config=False)
     assert [r.name for r in main] == ["most-popular", "bert4rec-id", "sasrec-ce", "qbert4rec"]
     ablations = {r.name: r for r in accuracy.plan_rows("ablations", item_embedding_in_config=False)}
-    assert ablations["qbert4rec/+item-embedding"].pretrain_flags == ("--use_item_embedding", "true")
+    assert ablations["qbert4rec/+item-embedding"].pretrain_flags == ("--use_item_embedding", "true", "--score_item_embedding", "true")
     tail = ablations["qbert4rec/mask-tail"].pretrain_flags
     assert dict(zip(tail[::2], tail[1::2])) == {"--cloze_prob": "0", "--span_prob": "0", "--tail_prob": "1", "--multi_region_prob": "0"}
     assert ablations["qbert4rec/cross-domain"].cross_domain
