@@ -75,14 +75,17 @@ class QBert4RecSelfAttention(nn.Module):
         self.output = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_prob = config.attention_probs_dropout_prob
 
-    def forward(self, hidden_states, key_mask):
-        """`hidden_states` `(B, T, H)`, `key_mask` `(B, 1, 1, T)` bool (True = attend) -> `(B, T, H)`."""
+    def forward(self, hidden_states, key_mask, last_position_only=False):
+        """`hidden_states` `(B, T, H)`, `key_mask` `(B, 1, T, T)` bool (True = attend) -> `(B, T, H)`, or `(B, 1, H)`
+        for the last position's query alone with `last_position_only`."""
         B, T, H = hidden_states.shape
         q, k, v = self.qkv(hidden_states).split(H, dim=2)
         q, k, v = (x.view(B, T, self.num_heads, H // self.num_heads).transpose(1, 2) for x in (q, k, v))  # (B, nh, T, hs)
+        if last_position_only:
+            q, key_mask = q[:, :, -1:], key_mask[:, :, -1:]
         dropout = self.dropout_prob if self.training else 0.0
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout)  # (B, nh, T, hs)
-        return self.output(context.transpose(1, 2).reshape(B, T, H))
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout)  # (B, nh, Tq, hs)
+        return self.output(context.transpose(1, 2).reshape(B, q.shape[2], H))
 
 
 class QBert4RecLayer(nn.Module):
@@ -100,8 +103,12 @@ class QBert4RecLayer(nn.Module):
         )
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states, key_mask):
-        hidden_states = hidden_states + self.dropout(self.attention(self.attention_norm(hidden_states), key_mask))
+    def forward(self, hidden_states, key_mask, last_position_only=False):
+        """`(B, T, H)` -> `(B, T, H)`; `(B, 1, H)` with `last_position_only` (every position is still attended to)."""
+        attended = self.attention(self.attention_norm(hidden_states), key_mask, last_position_only)
+        if last_position_only:
+            hidden_states = hidden_states[:, -1:]
+        hidden_states = hidden_states + self.dropout(attended)
         return hidden_states + self.dropout(self.ffn(self.ffn_norm(hidden_states)))
 
 
@@ -112,16 +119,17 @@ class QBert4RecEncoder(nn.Module):
         self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.is_causal = config.is_causal
 
-    def forward(self, hidden_states, attention_mask):
-        """`hidden_states` `(B, T, H)`, `attention_mask` `(B, T)` -> `(B, T, H)`."""
+    def forward(self, hidden_states, attention_mask, last_position_only=False):
+        """`hidden_states` `(B, T, H)`, `attention_mask` `(B, T)` -> `(B, T, H)`; `(B, 1, H)`, the last position
+        alone, with `last_position_only` (scoring needs no other output: the last layer skips the rest)."""
         T = hidden_states.shape[1]
         key_mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
         if self.is_causal:
             key_mask = key_mask & torch.ones(T, T, dtype=torch.bool, device=key_mask.device).tril()
         # Every position may attend to itself, so a padding row (never read) gets finite values, not NaN.
         key_mask = key_mask | torch.eye(T, dtype=torch.bool, device=key_mask.device)
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, key_mask)
+        for i, layer in enumerate(self.layers):
+            hidden_states = layer(hidden_states, key_mask, last_position_only and i == len(self.layers) - 1)
         return self.final_norm(hidden_states)
 
 
@@ -209,8 +217,9 @@ class QBert4RecModel(QBert4RecPreTrainedModel):
     def get_input_embeddings(self):
         return self.embeddings.code_embeddings
 
-    def forward(self, input_ids, attention_mask=None, item_indices=None, **kwargs):
-        """`input_ids` `(B, T, L)` token ids, `attention_mask` `(B, T)`, `item_indices` `(B, T)` -> `BaseModelOutput`."""
+    def forward(self, input_ids, attention_mask=None, item_indices=None, last_position_only=False, **kwargs):
+        """`input_ids` `(B, T, L)` token ids, `attention_mask` `(B, T)`, `item_indices` `(B, T)` -> `BaseModelOutput`
+        with `last_hidden_state` `(B, T, H)`, or `(B, 1, H)` (the newest position only) with `last_position_only`."""
         if input_ids.dim() != 3 or input_ids.shape[-1] != self.config.num_codebooks:
             raise ValueError(
                 f"input_ids must have shape (batch, seq_len, num_codebooks={self.config.num_codebooks}), "
@@ -224,7 +233,7 @@ class QBert4RecModel(QBert4RecPreTrainedModel):
         if attention_mask is None:
             attention_mask = (input_ids[..., 0] != self.config.pad_token_id).long()
         hidden_states = self.embeddings(input_ids, attention_mask, item_indices)
-        return BaseModelOutput(last_hidden_state=self.encoder(hidden_states, attention_mask))
+        return BaseModelOutput(last_hidden_state=self.encoder(hidden_states, attention_mask, last_position_only))
 
 
 class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
@@ -409,7 +418,7 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
             attention_mask = self._left_padded_mask(input_ids, attention_mask)
         else:  # bidirectional: predict at a [MASK] after the history
             input_ids, attention_mask, item_indices = self._append_mask(input_ids, attention_mask, item_indices)
-        hidden = self.qbert4rec(input_ids, attention_mask, item_indices).last_hidden_state[:, -1]  # (B, H)
+        hidden = self.qbert4rec(input_ids, attention_mask, item_indices, last_position_only=True).last_hidden_state[:, -1]  # (B, H)
         states = self.head.transform(hidden)  # (B, H)
         code_logits = self.head.code_logits(states, self.qbert4rec.embeddings.code_embeddings.weight)  # (B, L, K)
         # Sum over levels of log p(code) = sum of the item's code logits - sum over levels of logsumexp.

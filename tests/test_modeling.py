@@ -314,6 +314,16 @@ def test_init_uses_initializer_range(tok):
 
 
 # Scoring the catalogue.
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_last_position_only_equals_the_last_row_of_the_full_encoder(tok, is_causal):
+    model = tester.get_model(tok, is_causal=is_causal).eval()
+    inputs = tester.prepare_inputs(tok)  # left-padded rows of 7, 4 and 1 items
+    full = model.qbert4rec(**inputs).last_hidden_state  # (3, 7, 32)
+    last = model.qbert4rec(**inputs, last_position_only=True).last_hidden_state  # (3, 1, 32)
+    assert last.shape == (3, 1, tester.hidden_size)
+    torch.testing.assert_close(last[:, 0], full[:, -1])
+
+
 def test_score_items_equals_a_slow_reference(tok, model):
     inputs = tester.prepare_inputs(tok)
     batch = inputs["input_ids"].shape[0]
