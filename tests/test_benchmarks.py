@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is scripts, not an installed package
 
-from benchmarks import accuracy, speed  # noqa: E402
+from benchmarks import accuracy, speed, time_to_quality  # noqa: E402
 from benchmarks.baselines import build_id_model, id_tokenizer  # noqa: E402
 from training.config import default_data_dir, parse_args  # noqa: E402
 from training.pretrain import ModelArgs  # noqa: E402
@@ -234,6 +234,24 @@ def test_speed_measures_models_on_the_tiny_slice(tiny_bench):
     assert "RecBole" in report["recbole"]["note"]
     table = (root / "results" / "speed.md").read_text()
     assert "| qbert4rec |" in table and "RecBole" in table
+
+
+def test_time_to_quality_trains_each_model_within_its_budget(tiny_bench):
+    root, _, _ = tiny_bench
+    pipeline_dir = next((root / "out").glob("beauty/stages-*/pipeline"))
+    flags = ["--dataset_config", str(root / "tiny.yaml"), "--pipeline_dir", str(pipeline_dir), "--budget_seconds", "0.001",
+             "--output_dir", str(root / "ttq"), "--results_dir", str(root / "results")]
+    report = time_to_quality.main(flags)
+    for name, r in report["models"].items():
+        assert r["test"]["num_users"] == 30, name
+        assert r["train_seconds"] >= 0.001  # at least the budget: stages stop only once it is spent
+        assert r["reached_target"] == (r["test"]["ndcg@10"] >= 0.0376)
+        # a budget smaller than one epoch: every stage stops after its first epoch
+        assert all(stage["epochs"] == 1 for stage in r["stages"].values()), name
+    assert set(report["models"]["qbert4rec"]["stages"]) == {"pretrain", "finetune"}
+    assert "| sasrec-ce |" in (root / "results" / "time_to_quality.md").read_text()
+    with pytest.raises(FileExistsError, match="cannot be resumed"):
+        time_to_quality.main(flags)
 
 
 @pytest.mark.slow

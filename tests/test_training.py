@@ -253,3 +253,12 @@ def test_length_grouped_sampler_is_a_seeded_permutation_with_similar_lengths_per
         [lengths[i] for i in order[s:s + 32]] for s in range(0, len(order), 32)))
     shuffled = random.Random(0).sample(range(len(lengths)), len(lengths))
     assert spread(epoch0) < spread(shuffled) / 5  # far less padding than a plain shuffle
+
+
+def test_max_train_seconds_stops_after_the_epoch_that_spends_the_budget(tiny, tmp_path):
+    _, data, sid, _ = tiny
+    common = ["--dataset_dir", str(data), "--semantic_ids_dir", str(sid), *TINY_MODEL, *TINY_LOOP, "--num_epochs", "5"]
+    pretrain.main([*common, "--output_dir", str(tmp_path / "budget"), "--max_train_seconds", "1e-6", "--eval_every", "3"])
+    record = json.loads((tmp_path / "budget" / "training_history.json").read_text())
+    assert [entry["epoch"] for entry in record["history"]] == [0]  # validated although eval_every is 3
+    assert (tmp_path / "budget" / "final" / "model.safetensors").is_file()

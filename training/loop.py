@@ -43,6 +43,9 @@ class LoopArgs:
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimiser step"})
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (Accelerate)"})
     patience: int = field(default=5, metadata={"help": "epochs without validation NDCG@10 gain before stopping"})
+    max_train_seconds: float = field(
+        default=None, metadata={"help": "stop after the first epoch that ends past this many seconds of training"}
+    )
     eval_every: int = field(default=1, metadata={"help": "validate (and checkpoint) every this many epochs"})
     keep_checkpoints: int = field(default=2, metadata={"help": "newest save_state checkpoints kept"})
     resume_from_checkpoint: str = field(
@@ -238,10 +241,11 @@ def train(model, tokenizer, train_dataset, collator, eval_loader, args: LoopArgs
         epochs.train_seconds += time.perf_counter() - epoch_start
         log = {"train/loss": total_loss / max(1, batches), "train/lr": scheduler.get_last_lr()[0]}
 
-        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.num_epochs:
+        out_of_time = bool(args.max_train_seconds) and epochs.train_seconds >= args.max_train_seconds
+        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.num_epochs or out_of_time:
             metrics = evaluate_model(accelerator.unwrap_model(model), eval_loader, accelerator=accelerator)
             log.update({f"validation/{k}": v for k, v in metrics.items() if isinstance(v, float)})
-            epochs.seconds_at_evaluation.append(round(epochs.train_seconds, 2))
+            epochs.seconds_at_evaluation.append(round(epochs.train_seconds, 3))
             if stopping.update(epoch, metrics["ndcg@10"]):
                 save_final(accelerator, model, tokenizer, output_dir / BEST)
             accelerator.print(
@@ -253,6 +257,9 @@ def train(model, tokenizer, train_dataset, collator, eval_loader, args: LoopArgs
             if accelerator.is_main_process:
                 prune_checkpoints(args.output_dir, args.keep_checkpoints)
         accelerator.log(log, step=epoch)
+        if out_of_time:
+            accelerator.print(f"stopping: {epochs.train_seconds:.0f} s of training reached --max_train_seconds")
+            break
     accelerator.end_training()
     if accelerator.is_main_process:
         record = {**stopping.state_dict(), "train_seconds_at_evaluation": epochs.seconds_at_evaluation}
