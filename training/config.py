@@ -35,6 +35,13 @@ def load_yaml(path: str | os.PathLike) -> dict:
     return config
 
 
+def config_file(argv) -> str | None:
+    """The `--config FILE` of `argv` (`None` means `sys.argv[1:]`), or None without one."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    return pre.parse_known_args(argv)[0].config
+
+
 def parse_args(argv, *dataclass_types, section: str | None = None, description: str | None = None):
     """Parse `argv` into one instance of each dataclass, with `--config` YAML defaults.
 
@@ -46,24 +53,21 @@ def parse_args(argv, *dataclass_types, section: str | None = None, description: 
     Returns:
         A tuple with one instance per dataclass type.
     """
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default=None)
-    known, _ = pre.parse_known_args(argv)
-
+    path = config_file(argv)
     parser = HfArgumentParser(dataclass_types, description=description)
     parser.add_argument("--config", default=None, help="YAML config file; its section gives defaults that flags override")
-    if known.config:
-        config = load_yaml(known.config)
+    if path:
+        config = load_yaml(path)
         values = config.get(section, {}) if section else config
         if values is None:
             values = {}
         if not isinstance(values, dict):
-            raise ValueError(f"{known.config}: section '{section}' must be a mapping")
+            raise ValueError(f"{path}: section '{section}' must be a mapping")
         allowed = {f.name for t in dataclass_types for f in dataclasses.fields(t)}
         unknown = sorted(set(values) - allowed)
         if unknown:
             raise ValueError(
-                f"{known.config}: unknown key(s) in section '{section}': {', '.join(unknown)}. "
+                f"{path}: unknown key(s) in section '{section}': {', '.join(unknown)}. "
                 f"Allowed: {', '.join(sorted(allowed))}"
             )
         parser.set_defaults(**values)

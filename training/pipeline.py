@@ -26,7 +26,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training import extract_features, finetune, inject, prepare_data, pretrain, quantize
-from training.config import load_yaml, parse_args
+from training.config import config_file, load_yaml, parse_args
 
 STAGES = ("data", "features", "inject", "quantize", "pretrain", "finetune")
 
@@ -55,7 +55,7 @@ def stage_plan(config_path: str, out: Path) -> list:
 
 def main(argv=None):
     (args,) = parse_args(argv, PipelineArgs, section="pipeline", description=__doc__)
-    config_path = _config_path(argv)
+    config_path = config_file(argv)
     if args.stop_after not in STAGES:
         raise ValueError(f"--stop_after must be one of {', '.join(STAGES)}, got {args.stop_after!r}")
     forced = {s for s in args.force.split(",") if s}
@@ -90,16 +90,6 @@ def main(argv=None):
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         print(f"[pipeline] model: {out / 'final'}  metrics: {out / 'metrics.json'}")
         print(json.dumps({k: v for k, v in metrics.items() if k != "seconds_per_stage"}, indent=2))
-
-
-def _config_path(argv):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    for i, arg in enumerate(argv):
-        if arg == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
-    return None
 
 
 if __name__ == "__main__":
