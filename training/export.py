@@ -35,8 +35,11 @@ class ExportArgs:
     private: bool = field(default=False, metadata={"help": "create the Hub repo as private"})
 
 
+CHECKPOINT_RESULTS = "<!-- CHECKPOINT RESULTS: training/export.py writes this checkpoint's own test metrics here -->"
+
+
 def results_table(metrics: dict | None) -> str:
-    """The card's results section body: measured test metrics, or a note that none were measured."""
+    """This checkpoint's measured test metrics, or a note that none were attached."""
     if not metrics:
         return "No evaluation results were attached to this checkpoint.\n"
     header = "| model | " + " | ".join(c.replace("recall", "R").replace("ndcg", "N").upper() for c in METRIC_COLUMNS) + " |"
@@ -49,12 +52,13 @@ def results_table(metrics: dict | None) -> str:
 
 
 def render_card(template: str, checkpoint: str, dataset: str, example_history: list, metrics: dict | None) -> str:
-    """Fill model_card.md's placeholders and replace its results section."""
+    """Fill model_card.md's placeholders and put this checkpoint's metrics beside the repository's benchmarks."""
     card = re.sub(r"<!--\nTemplate of .*?-->\n\n", "", template, flags=re.S)
     card = card.replace("{checkpoint}", checkpoint).replace("{dataset}", dataset)
     card = card.replace("{example_history}", json.dumps(example_history))
-    start, end = card.index("## Results\n"), card.index("## Limitations")
-    return card[:start] + "## Results\n\n" + results_table(metrics) + "\n" + card[end:]
+    if CHECKPOINT_RESULTS not in card:
+        raise ValueError(f"model_card.md lacks the marker {CHECKPOINT_RESULTS!r} in its results section")
+    return card.replace(CHECKPOINT_RESULTS, "### This checkpoint\n\n" + results_table(metrics).rstrip("\n"))
 
 
 def export(args: ExportArgs) -> Path:
