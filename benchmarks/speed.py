@@ -23,6 +23,7 @@ figures measured earlier on these machines (DESIGN.md §4), marked as such.
 Writes `RESULTS_DIR/speed.json` and `RESULTS_DIR/speed.md`.
 """
 
+import dataclasses
 import importlib.util
 import json
 import resource
@@ -161,17 +162,12 @@ def time_training(model, dataset, collator, loop_args, max_batches: int, seed: i
     """Time `max_batches` optimisation steps (0: one epoch) with the loop's settings (AdamW, clipping, batches grouped
     by length, no evaluation)."""
     import torch
-    from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from training.loop import LengthGroupedSampler
+    from training.loop import make_train_loader
 
-    if loop_args.group_by_length:  # as the training loop batches
-        sampler = LengthGroupedSampler([len(items) for items in dataset["item_indices"]], loop_args.batch_size, seed)
-        loader = DataLoader(dataset, batch_size=loop_args.batch_size, sampler=sampler, collate_fn=collator)
-    else:
-        loader = DataLoader(dataset, batch_size=loop_args.batch_size, shuffle=True, collate_fn=collator,
-                            generator=torch.Generator().manual_seed(seed))
+    torch.manual_seed(seed)  # the data order of a plain shuffle (--group_by_length false)
+    loader = make_train_loader(dataset, collator, dataclasses.replace(loop_args, seed=seed, num_workers=0))
     optimizer = torch.optim.AdamW(model.parameters(), lr=loop_args.learning_rate, weight_decay=loop_args.weight_decay)
     limit = min(max_batches, len(loader)) if max_batches else len(loader)
     model.train()

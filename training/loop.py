@@ -120,6 +120,17 @@ class LengthGroupedSampler(Sampler):
         return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
 
 
+def make_train_loader(train_dataset, collator, args: LoopArgs) -> DataLoader:
+    """Shuffled training batches of `train_dataset` (rows with `item_indices`) made by `collator`; with
+    `args.group_by_length`, batches of similar lengths (sequences are padded to the longest in their batch, so mixed
+    lengths waste most of the compute)."""
+    sampler = None
+    if args.group_by_length:
+        sampler = LengthGroupedSampler([len(items) for items in train_dataset["item_indices"]], args.batch_size, args.seed)
+    return DataLoader(train_dataset, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler,
+                      collate_fn=collator, num_workers=args.num_workers)
+
+
 def make_accelerator(args: LoopArgs, project_name: str) -> Accelerator:
     """An `Accelerator` with a seedable sampler (reproducible, resumable data order) and optional trackers."""
     log_with = None if args.report_to in (None, "", "none") else args.report_to
@@ -170,18 +181,8 @@ def train(model, tokenizer, train_dataset, collator, eval_loader, args: LoopArgs
     Returns the early-stopping record; the best weights are in `output_dir/best` (model + tokenizer).
     """
     output_dir = Path(args.output_dir)
-    sampler = None
-    if args.group_by_length:  # sequences are padded to the longest in their batch: mixed lengths waste most compute
-        lengths = [len(items) for items in train_dataset["item_indices"]]
-        sampler = LengthGroupedSampler(lengths, args.batch_size, args.seed)
-    train_loader = DataLoader(
-        train_dataset,
-        batch_size=args.batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
-        collate_fn=collator,
-        num_workers=args.num_workers,
-    )
+    train_loader = make_train_loader(train_dataset, collator, args)
+    sampler = train_loader.sampler
     no_decay = ("bias", "LayerNorm.weight", "norm.weight")
     groups = [
         {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)], "weight_decay": args.weight_decay},
@@ -214,7 +215,7 @@ def train(model, tokenizer, train_dataset, collator, eval_loader, args: LoopArgs
             collator.set_epoch(epoch)
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
-        if sampler is not None:
+        if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         total_loss, batches = 0.0, 0
         progress = tqdm(train_loader, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process, leave=False)
