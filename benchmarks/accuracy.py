@@ -48,7 +48,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.baselines import CANDIDATES, machine_info, most_popular, stage_done, train_id_model  # noqa: E402
+from benchmarks.baselines import CANDIDATES, machine_info, machine_line, most_popular, stage_done, train_id_model  # noqa: E402
 from benchmarks.baselines import seconds_to_selected_epoch, validation_history, write_stage_record  # noqa: E402
 from training import finetune, inject, pipeline, pretrain, quantize  # noqa: E402
 from training.config import default_data_dir, load_yaml, parse_args  # noqa: E402
@@ -410,10 +410,7 @@ def markdown_table(results: dict) -> str:
         "",
         f"Config: `{results['config_file']}` (settings sha256 {results['settings_sha256'][:12]}).",
         f"Command: `{results['command']}`",
-        f"Machine: {machine['platform']}, {machine['cpu_count']} CPUs ({machine['torch_threads']} torch threads), "
-        f"torch {machine['torch']}, transformers {machine['transformers']}; load average {machine['load_average']}"
-        + (" (above the CPU count: other jobs shared the cores, so seconds are upper bounds)."
-           if max(machine["load_average"]) > machine["cpu_count"] else "."),
+        machine_line(machine),
         "",
         f"![validation]({dataset_stem(results)}_validation.png) ![test]({dataset_stem(results)}_test.png)",
         "",

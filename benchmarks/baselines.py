@@ -59,6 +59,16 @@ def machine_info() -> dict:
     }
 
 
+def machine_line(machine: dict) -> str:
+    """The markdown line naming the machine (from `machine_info`) a result was measured on, flagging a busy CPU."""
+    busy = max(machine["load_average"]) > machine["cpu_count"]
+    return (
+        f"Machine: {machine['platform']}, {machine['cpu_count']} CPUs ({machine['torch_threads']} torch threads), "
+        f"torch {machine['torch']}, transformers {machine['transformers']}; load average {machine['load_average']}"
+        + (" (above the CPU count: other jobs shared the cores, so seconds are upper bounds)." if busy else ".")
+    )
+
+
 def load_item_ids(dataset_dir) -> list[str]:
     """Item ids of a prepared dataset (`DATA/items`), in item-index order.
 

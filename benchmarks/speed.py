@@ -369,7 +369,8 @@ def recbole_comparison(results: dict) -> dict:
 
 
 def markdown_report(report: dict) -> str:
-    m = report["machine"]
+    from benchmarks.baselines import machine_line
+
     lines = [
         "# Speed and memory on Beauty",
         "",
@@ -420,9 +421,7 @@ def markdown_report(report: dict) -> str:
         "",
         f"Q-Bert4Rec codes: {report['models'].get('qbert4rec', {}).get('tokens', 'n/a')}.",
         f"Command: `{report['command']}`",
-        f"Machine: {m['platform']}, {m['cpu_count']} CPUs ({m['torch_threads']} torch threads), torch {m['torch']}; "
-        f"load average {m['load_average']} at the end"
-        + (" (above the CPU count: other jobs shared the cores)." if max(m["load_average"]) > m["cpu_count"] else "."),
+        machine_line(report["machine"]),
         "",
     ]
     return "\n".join(lines)

@@ -23,7 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.baselines import CANDIDATES, machine_info, train_id_model  # noqa: E402
+from benchmarks.baselines import CANDIDATES, machine_info, machine_line, train_id_model  # noqa: E402
 from training import finetune, pipeline, pretrain  # noqa: E402
 from training.config import parse_args  # noqa: E402
 
@@ -82,7 +82,7 @@ def run_model(name: str, args: TimeToQualityArgs, data: Path, semantic_ids: Path
 
 
 def markdown_report(report: dict) -> str:
-    args, machine = report["settings"], report["machine"]
+    args = report["settings"]
     lines = [
         "# Time to quality",
         "",
@@ -99,9 +99,7 @@ def markdown_report(report: dict) -> str:
     lines += [
         "",
         f"Command: `{report['command']}`",
-        f"Machine: {machine['platform']}, {machine['cpu_count']} CPUs ({machine['torch_threads']} torch threads), "
-        f"torch {machine['torch']}; load average {machine['load_average']}"
-        + (" (above the CPU count: other jobs shared the cores)." if max(machine["load_average"]) > machine["cpu_count"] else "."),
+        machine_line(report["machine"]),
         "",
     ]
     return "\n".join(lines)
