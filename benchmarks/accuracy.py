@@ -146,24 +146,25 @@ class Workspace:
         ROOT/stages-<key>/pipeline/{data,features,inject,semantic_ids}   the main pipeline up to quantize
         ROOT/stages-<key>/variants/<variant>/{inject,semantic_ids}       ablated stages 1-2
         ROOT/stages-<key>/cross_domain/<source>/...                      the other domain's pipeline up to quantize
-        ROOT/runs-<key>/<row>/seed<k>/{pretrain,finetune}                stage 3 of each run
+        ROOT/runs-<key>/<row>/seed<k>/pretrain                           stage 3a of each run
+        ROOT/runs-<key>/<row>/seed<k>/finetune-<key>                     stage 3b of each run
 
-    `stages-<key>` hashes the config sections stages 1-2 read (data, features, inject, quantize) and `runs-<key>`
-    every setting, so tuning stage 3 reuses stages 1-2. `pipeline_dir` replaces the main pipeline folder (e.g. the
+    `stages-<key>` hashes the config sections stages 1-2 read (data, features, inject, quantize), `runs-<key>` every
+    setting but the `finetune` section, and `finetune-<key>` that section: tuning stage 3 reuses stages 1-2, and
+    tuning the fine-tuning reuses the pretrained models. `pipeline_dir` replaces the main pipeline folder (e.g. the
     `outputs/beauty` of an earlier `training/pipeline.py` run with the same config).
     """
 
     INJECT_FLAGS = {"no-image": ["--use_image", "false"], "no-structure": ["--use_structure", "false"], "no-gate": ["--use_gate", "false"]}
     STAGE_1_2_SECTIONS = ("data", "features", "inject", "quantize")
 
-    def __init__(self, root: Path, config_path: str, settings_sha256: str, pipeline_dir: str | None = None):
+    def __init__(self, root: Path, config_path: str, flags: list, pipeline_dir: str | None = None):
         self.config_path = config_path
         self.config = load_yaml(config_path)
-        stages_key = hashlib.sha256(
-            json.dumps({k: self.config.get(k) for k in self.STAGE_1_2_SECTIONS}, sort_keys=True).encode()
-        ).hexdigest()
-        self.stages_root = Path(root) / f"stages-{stages_key[:12]}"
-        self.runs_root = Path(root) / f"runs-{settings_sha256[:12]}"
+        stage_3a = {k: v for k, v in self.config.items() if k != "finetune"}
+        self.stages_root = Path(root) / f"stages-{_key({k: self.config.get(k) for k in self.STAGE_1_2_SECTIONS})}"
+        self.runs_root = Path(root) / f"runs-{_key([stage_3a, flags])}"
+        self.finetune_name = f"finetune-{_key(self.config.get('finetune'))}"
         self.pipeline_dir = Path(pipeline_dir) if pipeline_dir else self.stages_root / "pipeline"
         self.data_dir = self.pipeline_dir / "data"
         self.features_dir = self.pipeline_dir / "features"
@@ -253,6 +254,11 @@ class Workspace:
         return flags + ["--modalities", ",".join(modalities or ["text"])]
 
 
+def _key(settings) -> str:
+    """Short sha256 of JSON-able settings, naming the folder of the outputs they make."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def write_text_embeddings(text_features: Path, output: Path) -> Path:
     """Stage 1 removed: each item's text vectors averaged over its real vectors (zero when it has none), written as a
     stage 1 output (`embeddings` `(num_items, dim)`, `depth` zeros) for `training/quantize.py`."""
@@ -292,14 +298,16 @@ def run_qbert4rec(row: Row, seed: int, ws: Workspace, args: AccuracyArgs) -> dic
         pretrain.main(ws.config_flags + ["--dataset_dir", str(ws.data_dir), "--semantic_ids_dir", str(sids),
                                          "--output_dir", str(out / "pretrain"), *common, *flags])
         write_stage_record(out / "pretrain", {"seconds": round(time.perf_counter() - start, 2)})
-    if stage_done(out / "finetune") is None:
+    finetune_dir = out / ws.finetune_name
+    if stage_done(finetune_dir) is None:
         start = time.perf_counter()
         metrics = finetune.main(ws.config_flags + ["--pretrained_dir", str(out / "pretrain" / "final"), "--dataset_dir",
-                                                   str(ws.data_dir), "--output_dir", str(out / "finetune"), *common,
+                                                   str(ws.data_dir), "--output_dir", str(finetune_dir), *common,
                                                    *finetune_flags])
-        write_stage_record(out / "finetune", {"seconds": round(time.perf_counter() - start, 2), "test": metrics})
-    stages = {name: stage_done(out / name) for name in ("pretrain", "finetune")}
-    histories = {name: validation_history(out / name) for name in stages}
+        write_stage_record(finetune_dir, {"seconds": round(time.perf_counter() - start, 2), "test": metrics})
+    stage_dirs = {"pretrain": out / "pretrain", "finetune": finetune_dir}
+    stages = {name: stage_done(path) for name, path in stage_dirs.items()}
+    histories = {name: validation_history(path) for name, path in stage_dirs.items()}
     return {
         "test": stages["finetune"]["test"],
         "train_seconds": round(sum(s["seconds"] for s in stages.values()), 2),
@@ -307,7 +315,7 @@ def run_qbert4rec(row: Row, seed: int, ws: Workspace, args: AccuracyArgs) -> dic
         "semantic_id_seconds": sid_seconds,
         "validation_ndcg@10": histories,
         "best_validation_ndcg@10": max(histories["finetune"]) if histories["finetune"] else None,
-        "seconds_to_selected_epoch": seconds_to_selected_epoch([out / name for name in stages]),
+        "seconds_to_selected_epoch": seconds_to_selected_epoch(list(stage_dirs.values())),
         "output_dir": str(out),
     }
 
@@ -322,7 +330,7 @@ def run_row(row: Row, seed: int, ws: Workspace, args: AccuracyArgs) -> dict:
         return train_id_model(
             row.kind, str(ws.data_dir), str(ws.run_dir(row, seed)), seed, config_path=ws.config_path,
             overrides=shlex.split(args.train_overrides),
-            finetune_after=args.bert4rec_finetune if row.kind == "bert4rec-id" else False,
+            finetune_after=args.bert4rec_finetune if row.kind == "bert4rec-id" else False, finetune_name=ws.finetune_name,
         )
     return run_qbert4rec(row, seed, ws, args)
 
@@ -522,9 +530,12 @@ def write_reports(results: dict, results_dir: Path) -> None:
 def settings_hash(config_path: str, args: AccuracyArgs) -> str:
     """sha256 of what makes a result: the config file's content and the flags that change training."""
     content = Path(config_path).read_bytes()
-    flags = json.dumps([args.dataset, args.quick, args.bert4rec_finetune, args.cross_domain_source, args.train_overrides,
-                        args.pipeline_dir])
-    return hashlib.sha256(content + flags.encode()).hexdigest()
+    return hashlib.sha256(content + json.dumps(training_flags(args)).encode()).hexdigest()
+
+
+def training_flags(args: AccuracyArgs) -> list:
+    """The command-line settings that change what a run trains."""
+    return [args.dataset, args.quick, args.bert4rec_finetune, args.cross_domain_source, args.train_overrides, args.pipeline_dir]
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -559,7 +570,7 @@ def main(argv=None) -> dict:
     stem = args.dataset + ("-quick" if args.quick else "")
     results_dir = Path(args.results_dir)
     results = load_results(results_dir / f"{stem}.json", settings)
-    ws = Workspace(Path(args.output_dir) / stem, config_path, settings, args.pipeline_dir or None)
+    ws = Workspace(Path(args.output_dir) / stem, config_path, training_flags(args), args.pipeline_dir or None)
     command = "python benchmarks/accuracy.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     results.update(dataset=args.dataset, quick=args.quick, config_file=config_path, settings_sha256=settings, command=command,
                    pipeline_dir=str(ws.pipeline_dir))

@@ -170,18 +170,20 @@ def train_id_model(
     config_path: str | None = None,
     overrides: list[str] = (),
     finetune_after: bool | None = None,
+    finetune_name: str = "finetune",
 ) -> dict:
     """Train an ID baseline, select it on validation NDCG@10, evaluate it on test. Restartable stage by stage.
 
     Args:
         kind: `"bert4rec-id"` or `"sasrec-ce"`.
         dataset_dir: prepared dataset folder.
-        output_dir: the run folder (gets `pretrain/` and, when fine-tuning, `finetune/`).
+        output_dir: the run folder (gets `pretrain/` and, when fine-tuning, `<finetune_name>/`).
         seed: seed of init, data order, masks and dropout.
         config_path: YAML whose `pretrain` section (model sizes, optimisation) and `finetune` section apply.
         overrides: extra flags for the `pretrain` section (e.g. `["--num_epochs", "1"]`).
         finetune_after: fine-tune with `training/finetune.py` after training (default: True for `bert4rec-id`,
             False for `sasrec-ce`, which is trained on the next-item task already).
+        finetune_name: the fine-tuning folder's name inside `output_dir`.
 
     Returns:
         `{"test": metrics, "train_seconds": float, "stage_seconds": {...}, "validation_ndcg@10": {stage: [...]},
@@ -192,7 +194,7 @@ def train_id_model(
     finetune_after = (kind == "bert4rec-id") if finetune_after is None else finetune_after
     out = Path(output_dir)
     config = ["--config", str(config_path)] if config_path else []
-    pretrain_dir, finetune_dir = out / "pretrain", out / "finetune"
+    pretrain_dir, finetune_dir = out / "pretrain", out / finetune_name
 
     if stage_done(pretrain_dir) is None:
         argv = config + ["--output_dir", str(pretrain_dir), "--seed", str(seed), "--resume_from_checkpoint", "latest", *overrides]
@@ -230,8 +232,9 @@ def train_id_model(
         metrics = finetune.main(argv)
         write_stage_record(finetune_dir, {"seconds": round(time.perf_counter() - start, 2), "test": metrics})
 
-    stages = {"pretrain": stage_done(pretrain_dir)} | ({"finetune": stage_done(finetune_dir)} if finetune_after else {})
-    histories = {name: validation_history(out / name) for name in stages}
+    stage_dirs = {"pretrain": pretrain_dir} | ({"finetune": finetune_dir} if finetune_after else {})
+    stages = {name: stage_done(path) for name, path in stage_dirs.items()}
+    histories = {name: validation_history(path) for name, path in stage_dirs.items()}
     last = list(stages)[-1]
     return {
         "test": stages[last]["test"],
@@ -239,7 +242,7 @@ def train_id_model(
         "stage_seconds": {name: s["seconds"] for name, s in stages.items()},
         "validation_ndcg@10": histories,
         "best_validation_ndcg@10": max(histories[last]) if histories[last] else None,
-        "seconds_to_selected_epoch": seconds_to_selected_epoch([out / name for name in stages]),
+        "seconds_to_selected_epoch": seconds_to_selected_epoch(list(stage_dirs.values())),
         "fine_tuned": finetune_after,
         "output_dir": str(out),
     }

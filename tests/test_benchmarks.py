@@ -208,6 +208,22 @@ def test_accuracy_skips_rows_already_in_the_results(tiny_bench, capsys):
             assert again["rows"][name]["seeds"][seed]["finished"] == run["finished"]
 
 
+def test_accuracy_reuses_pretraining_when_only_the_finetune_section_changes(tiny_bench, tmp_path):
+    root, argv, results = tiny_bench
+    config = {**TINY_CONFIG, "finetune": {**TINY_CONFIG["finetune"], "learning_rate": 0.0005}}
+    (tmp_path / "tuned.yaml").write_text(yaml.safe_dump(config))
+    flags = dict(zip(argv[::2], argv[1::2])) | {"--dataset_config": str(tmp_path / "tuned.yaml"), "--seeds": "0",
+                                                 "--only": "sasrec-ce,qbert4rec", "--results_dir": str(tmp_path)}
+    tuned = accuracy.main([x for pair in flags.items() for x in pair])["rows"]
+    for name in ("sasrec-ce", "qbert4rec"):
+        before, after = results["rows"][name]["seeds"]["0"], tuned[name]["seeds"]["0"]
+        assert after["output_dir"] == before["output_dir"], name  # same pretraining folder
+        assert after["stage_seconds"]["pretrain"] == before["stage_seconds"]["pretrain"], name  # not trained again
+    assert tuned["sasrec-ce"]["seeds"]["0"]["test"] == results["rows"]["sasrec-ce"]["seeds"]["0"]["test"]
+    finetunes = sorted(p.name for p in Path(tuned["qbert4rec"]["seeds"]["0"]["output_dir"]).glob("finetune-*"))
+    assert len(finetunes) == 2  # one fine-tuning folder per finetune section
+
+
 def test_speed_measures_models_on_the_tiny_slice(tiny_bench):
     root, _, _ = tiny_bench
     data = next((root / "out").glob("beauty/stages-*/pipeline/data"))
