@@ -12,7 +12,8 @@ its own child process so that peak memory is the model's own:
 - latency: `model.recommend(top_k=10)` on one history (batch 1), p50 / p95 over `--latency_calls` calls after
   `--warmup_calls`, model alone and with the tokenizer, with `--latency_threads` torch threads (default 1);
   batched throughput (histories per second) with the training threads;
-- peak RSS of the child (`VmHWM` of /proc/self/status; `resource.getrusage` is reported too, see `measure_model`)
+- peak RSS of the child (`VmHWM` of /proc/self/status, restarted before each phase: loading, each training phase,
+  inference; `resource.getrusage` is reported too, see `measure_model`)
   and parameter counts.
 The models are trained only for the timed batches (one epoch per phase by default): latency and throughput do not
 depend on the weights. Q-Bert4Rec uses the pipeline's semantic IDs when `--semantic_ids_dir` (or
@@ -283,6 +284,15 @@ def proc_status_mib(key: str) -> float:
     return float("nan")
 
 
+def reset_peak_rss() -> bool:
+    """Restart VmHWM at the current resident size (Linux `clear_refs` 5), so the next reading is one phase's peak."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def measure_model(name: str, args: SpeedArgs, dataset_dir: str) -> dict:
     """Every measurement of one model, in this process."""
     import torch
@@ -304,8 +314,12 @@ def measure_model(name: str, args: SpeedArgs, dataset_dir: str) -> dict:
                                                            "max_position_embeddings", "loss_type", "is_causal")},
         "training": {},
     }
+    phase_peaks = {"load": proc_status_mib("VmHWM")}
     for phase, dataset, collator, loop_args in phases:
+        reset_peak_rss()
         result["training"][phase] = time_training(model, dataset, collator, loop_args, args.train_batches, args.seed, f"{name} {phase}")
+        phase_peaks[phase] = proc_status_mib("VmHWM")
+    reset_peak_rss()
     test = load_sequences(dataset_dir)["test"]
     if args.max_users:
         test = test.select(range(min(args.max_users, len(test))))
@@ -321,11 +335,13 @@ def measure_model(name: str, args: SpeedArgs, dataset_dir: str) -> dict:
         result["latency"]["torch_threads"] = torch.get_num_threads()
     finally:
         torch.set_num_threads(threads)
-    # VmHWM is this process image's own peak. getrusage's ru_maxrss is also reported, but a child started by fork +
-    # exec inherits the parent's high-water mark in it (Linux keeps the larger across exec), so it can overstate.
+    phase_peaks["inference"] = proc_status_mib("VmHWM")
+    # VmHWM is this process image's own peak, restarted before each phase. getrusage's ru_maxrss is also reported, but
+    # a child started by fork + exec inherits the parent's high-water mark in it (Linux keeps the larger across exec).
     result["memory"] = {
         "rss_before_model_mib": round(rss_start, 1),
-        "peak_rss_mib": round(proc_status_mib("VmHWM"), 1),
+        "peak_rss_mib": round(max(phase_peaks.values()), 1),
+        "peak_rss_by_phase_mib": {phase: round(peak, 1) for phase, peak in phase_peaks.items()},
         "ru_maxrss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # Linux: KiB
     }
     return result
