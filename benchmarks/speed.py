@@ -165,7 +165,7 @@ def time_training(model, dataset, collator, loop_args, max_batches: int, seed: i
     import torch
     from tqdm.auto import tqdm
 
-    from training.loop import make_train_loader
+    from training.loop import RELEASE_MEMORY_EVERY, make_train_loader, release_freed_memory
 
     torch.manual_seed(seed)  # the data order of a plain shuffle (--group_by_length false)
     loader = make_train_loader(dataset, collator, dataclasses.replace(loop_args, seed=seed, num_workers=0))
@@ -182,6 +182,8 @@ def time_training(model, dataset, collator, loop_args, max_batches: int, seed: i
         optimizer.step()
         optimizer.zero_grad()
         sequences += batch["attention_mask"].shape[0]
+        if (step + 1) % RELEASE_MEMORY_EVERY == 0:
+            release_freed_memory()  # as training/loop.py does
     seconds = time.perf_counter() - start
     model.eval()
     return {
@@ -201,22 +203,22 @@ def time_evaluation(model, tokenizer, test, batch_size: int, sort_by_length: boo
     """Seconds to rank all items for every user of `test` (full ranking, batched, collation included).
 
     `sort_by_length`: batch users of similar history length together (the metrics, means over users, are the same;
-    batches are padded to their longest history, so this skips most padding)."""
-    import numpy as np
+    batches are padded to their longest history, so this skips most padding), as `training.sequences.eval_loader`
+    does. The timed part starts from the Arrow dataset: reading it, sorting, collation, scoring and metrics."""
     from torch.utils.data import DataLoader
 
     from training.evaluate import evaluate_model
     from training.masking import HistoryCollator
 
-    if sort_by_length:
-        test = test.select(np.argsort([len(h) for h in test["item_indices"]], kind="stable"))
     collator = HistoryCollator(item_codes=tokenizer.item_codes, codebook_size=tokenizer.codebook_size,
                                max_len=model.config.max_position_embeddings)
-    loader = DataLoader(test, batch_size=batch_size, collate_fn=collator)
-    evaluate_model(model, DataLoader(test.select(range(min(batch_size, len(test)))), batch_size=batch_size,
+    evaluate_model(model, DataLoader(test.select(range(min(batch_size, len(test)))).to_list(), batch_size=batch_size,
                                      collate_fn=collator), desc="warm-up")
     start = time.perf_counter()
-    metrics = evaluate_model(model, loader, desc="evaluate all users")
+    users = test.to_list()  # one bulk read (row-by-row reads from Arrow cost more than the scoring)
+    if sort_by_length:
+        users.sort(key=lambda user: len(user["item_indices"]))
+    metrics = evaluate_model(model, DataLoader(users, batch_size=batch_size, collate_fn=collator), desc="evaluate all users")
     seconds = time.perf_counter() - start
     return {"users": metrics["num_users"], "items": metrics["num_items"], "seconds": round(seconds, 3),
             "users_per_second": round(metrics["num_users"] / seconds, 1), "batch_size": batch_size,

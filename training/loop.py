@@ -7,6 +7,9 @@ early-stopping state all come back, and masks are drawn from (seed, epoch, batch
 uninterrupted one of the same seed.
 """
 
+import ctypes
+import ctypes.util
+import functools
 import json
 import math
 import shutil
@@ -25,6 +28,25 @@ from training.evaluate import evaluate_model
 
 CHECKPOINTS = "checkpoints"
 BEST = "best"
+RELEASE_MEMORY_EVERY = 16  # batches
+
+
+@functools.cache
+def _libc():
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+
+def release_freed_memory() -> None:
+    """Give the heap's freed pages back to the OS (glibc's `malloc_trim`; a no-op without glibc).
+
+    Batches of changing shapes leave freed tensor memory scattered over glibc's heap, where it still counts as
+    resident: Beauty pretraining grew from 0.5 to 1.4 GB RSS in 80 batches without this, and stayed at 0.67 GB with a
+    call every `RELEASE_MEMORY_EVERY` batches, at no measurable cost (1 thread)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 @dataclass
@@ -238,6 +260,8 @@ def train(model, tokenizer, train_dataset, collator, eval_loader, args: LoopArgs
             total_loss += loss.item()
             batches += 1
             progress.set_postfix(loss=f"{total_loss / batches:.4f}")
+            if batches % RELEASE_MEMORY_EVERY == 0:
+                release_freed_memory()
         epochs.next_epoch = epoch + 1
         epochs.train_seconds += time.perf_counter() - epoch_start
         log = {"train/loss": total_loss / max(1, batches), "train/lr": scheduler.get_last_lr()[0]}

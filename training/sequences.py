@@ -62,9 +62,9 @@ def eval_loader(split: Dataset, collator, loop_args, accelerator=None, max_users
     max_users = max_users if max_users is not None else loop_args.max_eval_users
     if max_users:
         split = split.select(range(min(max_users, len(split))))
-    split = split.select_columns(["item_indices", "target"])
+    # One bulk read from Arrow (row-by-row reads took 0.5 s of the 1.2 s that evaluating all Beauty users took).
+    users = split.select_columns(["item_indices", "target"]).to_list()
     # Batches of similar history lengths pad less; metrics are per-user means, so the order changes nothing.
-    lengths = [len(history) for history in split["item_indices"]]
-    split = split.select(sorted(range(len(split)), key=lengths.__getitem__))
-    loader = DataLoader(split, batch_size=loop_args.eval_batch_size, shuffle=False, collate_fn=collator)
+    users.sort(key=lambda user: len(user["item_indices"]))
+    loader = DataLoader(users, batch_size=loop_args.eval_batch_size, shuffle=False, collate_fn=collator)
     return accelerator.prepare_data_loader(loader) if accelerator is not None else loader
