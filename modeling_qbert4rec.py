@@ -182,7 +182,8 @@ class QBert4RecMaskedItemOutput(ModelOutput):
     Args:
         loss (`torch.FloatTensor` of shape `()`, with `labels`): mean cross-entropy over levels and masked positions.
         logits (`torch.FloatTensor`): per-level code logits, `(num_masked, num_codebooks, codebook_size)` at the
-            labelled positions when `labels` is given, else `(batch, seq_len, num_codebooks, codebook_size)`.
+            labelled positions when `labels` is given (`None` with `loss_type="items"`, which does not use them),
+            else `(batch, seq_len, num_codebooks, codebook_size)`.
         last_hidden_state (`torch.FloatTensor` of shape `(batch, seq_len, hidden_size)`): encoder output.
     """
 
@@ -368,13 +369,15 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
             raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
         labelled = labels[..., 0] != -100  # (B, T)
         states = self.head.transform(hidden[labelled])  # (M, H): only labelled positions (sparse prediction)
-        logits = self.head.code_logits(states, weight)  # (M, L, K)
         targets = labels[labelled] - self._level_offsets()  # (M, L) codes
         if labelled.any() and ((targets < 0) | (targets >= self.config.codebook_size)).any():
             raise ValueError("labels must be code token ids (or -100): found a special token or a code of another level")
-        loss = logits.sum() * 0.0  # stays 0 (with a graph) when nothing is labelled
-        if self.config.loss_type in ("codes", "codes+items") and labelled.any():
-            loss = loss + F.cross_entropy(logits.reshape(-1, self.config.codebook_size), targets.reshape(-1))
+        loss = states.sum() * 0.0  # stays 0 (with a graph) when nothing is labelled
+        logits = None  # the `items` loss needs no code logits (for the ID baselines, (M, num_items) of them)
+        if self.config.loss_type in ("codes", "codes+items"):
+            logits = self.head.code_logits(states, weight)  # (M, L, K)
+            if labelled.any():
+                loss = loss + F.cross_entropy(logits.reshape(-1, self.config.codebook_size), targets.reshape(-1))
         target_items = self._items_of_codes(targets)  # (M,), -100 where the tuple is not in the catalogue
         if self.config.loss_type in ("items", "codes+items") and (target_items != -100).any():
             loss = loss + self._item_cross_entropy(states, target_items)

@@ -143,6 +143,7 @@ def test_loss_matches_its_definition(tok, loss_type):
     items_loss = F.cross_entropy(item_logits, targets)
     expected = {"codes": codes_loss, "items": items_loss, "codes+items": codes_loss + items_loss}[loss_type]
     torch.testing.assert_close(out.loss, expected)
+    assert (out.logits is None) == (loss_type == "items")  # the catalogue loss alone computes no code logits
 
 
 @pytest.mark.parametrize("score_item_embedding", [False, True])
