@@ -285,3 +285,15 @@ def test_release_freed_memory_returns_fragmented_heap_to_the_os():
     release_freed_memory()
     assert before - rss_mib() > 50  # about 112 MiB of holes released
     del kept
+
+
+def test_finetune_dropout_overrides_the_pretrained_models(tiny, tmp_path):
+    root, data, _, _ = tiny
+    finetune.main(["--pretrained_dir", str(root / "pre" / "final"), "--dataset_dir", str(data), "--output_dir",
+                   str(tmp_path / "ft"), "--num_epochs", "1", "--hidden_dropout_prob", "0.45", *TINY_LOOP])
+    pretrained = json.loads((root / "pre" / "final" / "config.json").read_text())
+    saved = json.loads((tmp_path / "ft" / "final" / "config.json").read_text())
+    assert pretrained["hidden_dropout_prob"] == 0.2 and saved["hidden_dropout_prob"] == 0.45
+    assert saved["attention_probs_dropout_prob"] == pretrained["attention_probs_dropout_prob"]  # not overridden
+    model = AutoModel.from_pretrained(tmp_path / "ft" / "final", trust_remote_code=True)
+    assert model.qbert4rec.embeddings.dropout.p == 0.45

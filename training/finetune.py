@@ -37,6 +37,10 @@ class FinetuneArgs:
     )
     exclude_history: bool = field(default=False, metadata={"help": "remove history items from the test candidates"})
     loss_type: str = field(default="", metadata={"help": "codes, items or codes+items (default: the pretrained model's)"})
+    hidden_dropout_prob: float = field(default=None, metadata={"help": "dropout while fine-tuning (default: the pretrained model's)"})
+    attention_probs_dropout_prob: float = field(
+        default=None, metadata={"help": "attention dropout while fine-tuning (default: the pretrained model's)"}
+    )
 
 
 def adapt_to_catalogue(model, tokenizer):
@@ -65,7 +69,10 @@ def main(argv=None):
     if not args.pretrained_dir or not args.dataset_dir:
         raise ValueError("--pretrained_dir and --dataset_dir are required (or set them in the config's finetune section)")
     accelerator = make_accelerator(loop_args, "finetune")
-    model = QBert4RecForMaskedItemModeling.from_pretrained(args.pretrained_dir)
+    dropout = {name: getattr(args, name) for name in ("hidden_dropout_prob", "attention_probs_dropout_prob")}
+    model = QBert4RecForMaskedItemModeling.from_pretrained(
+        args.pretrained_dir, **{name: p for name, p in dropout.items() if p is not None}
+    )
     max_len = model.config.max_position_embeddings
     tokenizer = SemanticIdTokenizer.from_pretrained(args.semantic_ids_dir or args.pretrained_dir, max_len=max_len - 1)
     model = adapt_to_catalogue(model, tokenizer)
