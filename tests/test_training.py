@@ -265,6 +265,17 @@ def test_max_train_seconds_stops_after_the_epoch_that_spends_the_budget(tiny, tm
     assert (tmp_path / "budget" / "final" / "model.safetensors").is_file()
 
 
+def test_min_epochs_holds_off_early_stopping(tiny, tmp_path):
+    _, data, sid, _ = tiny
+    # A learning rate of 0 keeps validation flat, so patience 1 alone stops after epoch 1.
+    common = ["--dataset_dir", str(data), "--semantic_ids_dir", str(sid), *TINY_MODEL, *TINY_LOOP, "--num_epochs", "6",
+              "--patience", "1", "--learning_rate", "0"]
+    for name, min_epochs, epochs_run in (("plain", "0", 2), ("held", "4", 4)):
+        pretrain.main([*common, "--output_dir", str(tmp_path / name), "--min_epochs", min_epochs])
+        record = json.loads((tmp_path / name / "training_history.json").read_text())
+        assert len(record["history"]) == epochs_run, name
+
+
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads VmRSS from /proc (Linux)")
 def test_release_freed_memory_returns_fragmented_heap_to_the_os():
     from training.loop import _libc, release_freed_memory

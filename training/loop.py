@@ -65,6 +65,9 @@ class LoopArgs:
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimiser step"})
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (Accelerate)"})
     patience: int = field(default=5, metadata={"help": "epochs without validation NDCG@10 gain before stopping"})
+    min_epochs: int = field(
+        default=0, metadata={"help": "never stop early before this many epochs (rides out an early validation plateau)"}
+    )
     max_train_seconds: float = field(
         default=None, metadata={"help": "stop after the first epoch that ends past this many seconds of training"}
     )
@@ -229,7 +232,7 @@ def train(model, tokenizer, train_dataset, collator, eval_loader, args: LoopArgs
         accelerator.print(f"no checkpoint under {output_dir / CHECKPOINTS}: starting from scratch")
 
     for epoch in range(epochs.next_epoch, args.num_epochs):
-        if stopping.should_stop:
+        if stopping.should_stop and epoch >= args.min_epochs:
             break
         epoch_start = time.perf_counter()
         model.train()
