@@ -42,8 +42,8 @@ def release_freed_memory() -> None:
     """Give the heap's freed pages back to the OS (glibc's `malloc_trim`; a no-op without glibc).
 
     Batches of changing shapes leave freed tensor memory scattered over glibc's heap, where it still counts as
-    resident: Beauty pretraining grew from 0.5 to 1.4 GB RSS in 80 batches without this, and stayed at 0.67 GB with a
-    call every `RELEASE_MEMORY_EVERY` batches, at no measurable cost (1 thread)."""
+    resident. With a call every `RELEASE_MEMORY_EVERY` batches, Q-Bert4Rec's peak RSS over a full Beauty pretraining
+    and fine-tuning epoch fell from 1,779 to 1,299 MiB (`benchmarks/speed.py`)."""
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
