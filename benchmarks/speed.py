@@ -209,15 +209,14 @@ def time_evaluation(model, tokenizer, test, batch_size: int, sort_by_length: boo
 
     from training.evaluate import evaluate_model
     from training.masking import HistoryCollator
+    from training.sequences import eval_users
 
     collator = HistoryCollator(item_codes=tokenizer.item_codes, codebook_size=tokenizer.codebook_size,
                                max_len=model.config.max_position_embeddings)
-    evaluate_model(model, DataLoader(test.select(range(min(batch_size, len(test)))).to_list(), batch_size=batch_size,
-                                     collate_fn=collator), desc="warm-up")
+    warm_up = eval_users(test.select(range(min(batch_size, len(test)))), sort_by_length)
+    evaluate_model(model, DataLoader(warm_up, batch_size=batch_size, collate_fn=collator), desc="warm-up")
     start = time.perf_counter()
-    users = test.to_list()  # one bulk read (row-by-row reads from Arrow cost more than the scoring)
-    if sort_by_length:
-        users.sort(key=lambda user: len(user["item_indices"]))
+    users = eval_users(test, sort_by_length)
     metrics = evaluate_model(model, DataLoader(users, batch_size=batch_size, collate_fn=collator), desc="evaluate all users")
     seconds = time.perf_counter() - start
     return {"users": metrics["num_users"], "items": metrics["num_items"], "seconds": round(seconds, 3),
