@@ -290,13 +290,26 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
 
     def _item_table(self):
         """Each item's output embedding `(num_items, H)` and bias `(num_items,)`: its summed code embeddings (plus its
-        item-ID embedding with `score_item_embedding`) and summed code biases."""
+        item-ID embedding with `score_item_embedding`) and summed code biases.
+
+        Without gradients (inference) the table is cached until a tensor it is built from changes (another storage, or
+        an in-place update such as an optimiser step): building it is half of a batch-1 `recommend` call on CPU."""
         embeddings = self.qbert4rec.embeddings
+        sources = [embeddings.code_embeddings.weight, self.head.bias, self.item_codes]
+        if self.config.score_item_embedding:
+            sources.append(embeddings.item_embeddings.weight)
+        cacheable = not torch.is_grad_enabled() and not any(t.is_inference() for t in sources)
+        key = tuple((t.data_ptr(), t._version) for t in sources) if cacheable else None
+        cached = getattr(self, "_cached_item_table", None)
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
         item_embeddings = embeddings.code_embeddings(self.item_token_ids).sum(1)  # (num_items, L, H) -> (num_items, H)
         if self.config.score_item_embedding:
             item_embeddings = item_embeddings + embeddings.item_embeddings.weight[: self.config.num_items]
         levels = torch.arange(self.config.num_codebooks, device=self.item_codes.device)
-        return item_embeddings, self.head.bias[levels, self.item_codes].sum(1)
+        table = item_embeddings, self.head.bias[levels, self.item_codes].sum(1)
+        self._cached_item_table = (key, table) if key is not None else None
+        return table
 
     def _item_logits(self, states):
         """Prediction states `(M, H)` -> item logits `(M, num_items)`, the sum of each item's code logits.

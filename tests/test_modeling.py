@@ -345,6 +345,35 @@ def test_score_items_equals_a_slow_reference(tok, model):
     assert (model.score_items(**inputs).exp().sum(dim=1) < 1).all()
 
 
+@pytest.mark.parametrize("score_item_embedding", [False, True])
+def test_cached_item_table_follows_every_weight_change(tok, score_item_embedding):
+    """Inference reuses the item table; an optimiser step or a loaded state dict rebuilds it; training never caches."""
+    flags = dict(use_item_embedding=score_item_embedding, score_item_embedding=score_item_embedding)
+    model = tester.get_model(tok, **flags)
+    inputs = tester.prepare_inputs(tok)
+    with torch.no_grad():
+        first = model._item_table()
+        assert model._item_table() is first
+    with torch.enable_grad():
+        assert model._item_table() is not first  # with gradients the table is part of the graph: never cached
+    masked = tester.prepare_masked_inputs(tok)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model.train()
+    model(**masked).loss.backward()
+    optimizer.step()
+    model.eval()
+    with torch.inference_mode():
+        after_step = model.score_items(**inputs)
+    fresh = tester.get_model(tok, **flags).eval()
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(after_step, fresh.score_items(**inputs))
+        before_load = model.score_items(**inputs)
+        model.load_state_dict(tester.get_model(tok, **flags).state_dict())  # back to the initial weights
+        torch.testing.assert_close(model._item_table()[0], first[0])
+        assert not torch.allclose(model.score_items(**inputs), before_load)
+
+
 def test_recommend_ranks_by_score_and_respects_top_k(tok, model):
     inputs = tester.prepare_inputs(tok)
     scores = model.score_items(**inputs)
