@@ -27,6 +27,7 @@ Writes `RESULTS_DIR/speed.json` and `RESULTS_DIR/speed.md`.
 import dataclasses
 import importlib.util
 import json
+import os
 import resource
 import shlex
 import subprocess
@@ -69,6 +70,11 @@ class SpeedArgs:
                                      "synchronisation to batch-1 calls, badly so on a busy CPU; 0: as --threads)"}
     )
     max_users: int = field(default=0, metadata={"help": "use only the first N test users for evaluation (0: all)"})
+    malloc_mmap_threshold: int = field(
+        default=0, metadata={"help": "glibc's MALLOC_MMAP_THRESHOLD_ for the children, in bytes: larger allocations are "
+                                     "mapped alone and return to the system when freed (lower peak RSS, slower training; "
+                                     "0: glibc's default, a threshold that grows with the freed blocks)"}
+    )
     seed: int = field(default=0, metadata={"help": "seed of init and data order"})
     model: str = field(default="", metadata={"help": "internal: measure this one model in this process"})
     child_output: str = field(default="", metadata={"help": "internal: where the child writes its JSON"})
@@ -344,6 +350,7 @@ def measure_model(name: str, args: SpeedArgs, dataset_dir: str) -> dict:
         "peak_rss_mib": round(max(phase_peaks.values()), 1),
         "peak_rss_by_phase_mib": {phase: round(peak, 1) for phase, peak in phase_peaks.items()},
         "ru_maxrss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # Linux: KiB
+        "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),  # as this process ran (glibc reads it at start)
     }
     return result
 
@@ -417,7 +424,9 @@ def markdown_report(report: dict) -> str:
         "`*`: seconds per epoch extrapolated from the timed batches. Peak RSS is each model's own child process "
         "(Python, torch and the dataset included). Evaluation pads each batch to its longest history: `sorted by "
         "length` batches users of similar length together (same metrics, far less padding), as `training/sequences.py`'s "
-        "`eval_loader` does in training and `evaluate.py`.",
+        "`eval_loader` does in training and `evaluate.py`. "
+        + (f"glibc `MALLOC_MMAP_THRESHOLD_={report['settings']['malloc_mmap_threshold']}` in the children."
+           if report["settings"]["malloc_mmap_threshold"] else "glibc's default allocator settings."),
         "",
         f"Targets (issue 6): all users evaluated in under {TARGETS['eval_all_users_seconds']} s, batch-1 p50 under "
         f"{TARGETS['latency_p50_ms']} ms, peak RSS under {TARGETS['peak_rss_mib']:.0f} MiB.",
@@ -470,7 +479,8 @@ def main(argv=None) -> dict:
         command = [sys.executable, str(Path(__file__).resolve()), *raw_argv, "--dataset_dir", dataset_dir,
                    "--model", name, "--child_output", str(child_json)]
         print(f"[speed] {name}: {' '.join(shlex.quote(c) for c in command)}", flush=True)
-        completed = subprocess.run(command)  # same working directory, so relative paths mean the same
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(args.malloc_mmap_threshold)} if args.malloc_mmap_threshold else None
+        completed = subprocess.run(command, env=env)  # same working directory, so relative paths mean the same
         if completed.returncode != 0 or not child_json.is_file():
             results[name] = {"error": f"child process exited with {completed.returncode} (see the log above)"}
             continue

@@ -231,7 +231,8 @@ def test_speed_measures_models_on_the_tiny_slice(tiny_bench):
              str(data.parent / "semantic_ids"), "--train_batches", "1", "--latency_calls", "5", "--warmup_calls", "1",
              "--throughput_batch_size", "8", "--output_dir", str(root / "speed"), "--results_dir", str(root / "results")]
     # the command line runs each model in a child process; here one model, and the other two in this process
-    report = speed.main(flags + ["--models", "qbert4rec"])
+    report = speed.main(flags + ["--models", "qbert4rec", "--malloc_mmap_threshold", "1048576"])
+    assert report["models"]["qbert4rec"]["memory"]["malloc_mmap_threshold"] == "1048576"  # the child's environment
     (args,) = parse_args(flags, speed.SpeedArgs)
     measured = {name: speed.measure_model(name, args, str(data)) for name in ("sasrec-ce", "bert4rec-id")}
     for name, r in {**report["models"], **measured}.items():
@@ -249,7 +250,7 @@ def test_speed_measures_models_on_the_tiny_slice(tiny_bench):
     assert report["models"]["qbert4rec"]["tokens"].startswith("pipeline semantic IDs")
     assert "RecBole" in report["recbole"]["note"]
     table = (root / "results" / "speed.md").read_text()
-    assert "| qbert4rec |" in table and "RecBole" in table
+    assert "| qbert4rec |" in table and "RecBole" in table and "MALLOC_MMAP_THRESHOLD_=1048576" in table
 
 
 def test_time_to_quality_trains_each_model_within_its_budget(tiny_bench):
