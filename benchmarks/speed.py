@@ -63,7 +63,7 @@ class SpeedArgs:
     latency_calls: int = field(default=200, metadata={"help": "timed batch-1 recommend calls"})
     warmup_calls: int = field(default=20, metadata={"help": "untimed calls before timing"})
     throughput_batch_size: int = field(default=256, metadata={"help": "histories per batched recommend call"})
-    eval_batch_size: int = field(default=1024, metadata={"help": "histories per batch of the full evaluation"})
+    eval_batch_size: int = field(default=512, metadata={"help": "histories per batch of the full evaluation (as LoopArgs)"})
     threads: int = field(default=0, metadata={"help": "torch intra-op threads for training and evaluation (0: torch's default)"})
     latency_threads: int = field(
         default=1, metadata={"help": "torch threads while timing recommend (1: usual for serving; more threads only add "

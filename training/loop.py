@@ -57,7 +57,9 @@ class LoopArgs:
     seed: int = field(default=42, metadata={"help": "random seed (data order, masks, init, dropout)"})
     num_epochs: int = field(default=50, metadata={"help": "maximum epochs"})
     batch_size: int = field(default=256, metadata={"help": "sequences per optimisation step (per process)"})
-    eval_batch_size: int = field(default=1024, metadata={"help": "histories per evaluation batch"})
+    # 512 x 12,101 float scores (Beauty) are 25 MB: under glibc's largest mmap threshold (32 MiB), so they reuse heap
+    # pages; 1,024 histories' 50 MB get a fresh mapping, page-faulted in, every batch (all users: 1.13 s against 1.37 s).
+    eval_batch_size: int = field(default=512, metadata={"help": "histories per evaluation batch"})
     learning_rate: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     warmup_ratio: float = field(default=0.05, metadata={"help": "fraction of steps with linear warm-up"})
