@@ -18,8 +18,9 @@ its own child process so that peak memory is the model's own:
 The models are trained only for the timed batches (one epoch per phase by default): latency and throughput do not
 depend on the weights. Q-Bert4Rec uses the pipeline's semantic IDs when `--semantic_ids_dir` (or
 `outputs/beauty/semantic_ids`) exists, else random unique codes of the configured shape (timings are the same).
-RecBole is compared in the same run only when it is importable; otherwise the report says so and quotes the RecBole
-figures measured earlier on these machines (DESIGN.md §4), marked as such.
+RecBole's SASRec (CE) and BERT4Rec run in the same run, on the same split, with `--recbole_python`: the interpreter of
+a virtual environment with RecBole (`benchmarks/recbole_baselines.py` says how to make one; it cannot share ours).
+Without it the report says so and quotes the RecBole figures measured earlier on these machines (DESIGN.md §4).
 
 Writes `RESULTS_DIR/speed.json` and `RESULTS_DIR/speed.md`.
 """
@@ -41,6 +42,9 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 MODELS = ("qbert4rec", "sasrec-ce", "bert4rec-id")
+RECBOLE_MODELS = ("recbole-sasrec", "recbole-bert4rec")  # benchmarks/recbole_baselines.py, with --recbole_python
+# ours -> the RecBole model it is compared with (its training phase, then RecBole's one phase)
+RECBOLE_COUNTERPART = {"sasrec-ce": ("train", "recbole-sasrec"), "bert4rec-id": ("pretrain", "recbole-bert4rec")}
 # RecBole 1.2.1 on Beauty, measured on these 2-core machines (DESIGN.md §4); not measured by this script.
 RECBOLE_REFERENCE = {
     "source": "DESIGN.md §4 (RecBole 1.2.1, Beauty, same protocol, measured earlier on this machine type)",
@@ -56,7 +60,11 @@ class SpeedArgs:
     dataset_config: str = field(default=str(REPO_ROOT / "configs" / "beauty.yaml"), metadata={"help": "YAML with data, quantize, pretrain, finetune sections"})
     dataset_dir: str = field(default="", metadata={"help": "prepared dataset (default outputs/beauty/data, else prepared into OUTPUT_DIR/data)"})
     semantic_ids_dir: str = field(default="", metadata={"help": "Q-Bert4Rec tokenizer folder (default outputs/beauty/semantic_ids, else random codes)"})
-    models: str = field(default=",".join(MODELS), metadata={"help": f"comma-separated, from {', '.join(MODELS)}"})
+    models: str = field(default=",".join(MODELS), metadata={
+        "help": f"comma-separated, from {', '.join(MODELS + RECBOLE_MODELS)} (RecBole's are added with --recbole_python)"})
+    recbole_python: str = field(default="", metadata={
+        "help": "Python of a virtual environment with RecBole (benchmarks/recbole-requirements.txt): also run RecBole's "
+                "SASRec and BERT4Rec in this run"})
     output_dir: str = field(default="outputs/bench/speed", metadata={"help": "scratch folder (prepared data, child results)"})
     results_dir: str = field(default=str(REPO_ROOT / "benchmarks" / "results"), metadata={"help": "where speed.json and speed.md go"})
     train_batches: int = field(default=0, metadata={"help": "batches timed per training phase (0 = one full epoch)"})
@@ -373,12 +381,22 @@ def resolve_dataset(args: SpeedArgs) -> str:
 
 
 def recbole_comparison(results: dict) -> dict:
-    """Ratios against RecBole: in-run when importable (not implemented: say so), else against the reference figures."""
-    if importlib.util.find_spec("recbole") is not None:
-        note = "RecBole is importable, but this script does not run it yet: ratios below use the reference figures"
-    else:
-        note = "RecBole not installed: ratios below use the reference figures, not an in-run measurement"
+    """Our figures over RecBole's: measured in this run where its models ran, else over the reference figures."""
     ratios = {}
+    in_run = {name: r for name, r in results.items() if name in RECBOLE_MODELS and "error" not in r}
+    if in_run:
+        note = f"RecBole measured in this run ({', '.join(in_run)}), same split and machine"
+        for ours, (phase, theirs) in RECBOLE_COUNTERPART.items():
+            if theirs in in_run and phase in results.get(ours, {}).get("training", {}):
+                ratios[f"{ours}_seconds_per_epoch_over_{theirs}"] = round(
+                    results[ours]["training"][phase]["seconds_per_epoch"] / in_run[theirs]["training"]["train"]["seconds_per_epoch"], 3)
+        for name, result in results.items():
+            if name in MODELS and "evaluation" in result:
+                for theirs, r in in_run.items():
+                    ratios[f"{name}_eval_seconds_over_{theirs}"] = round(result["evaluation_sorted_by_length"]["seconds"] / r["evaluation"]["seconds"], 3)
+                    ratios[f"{name}_peak_rss_over_{theirs}"] = round(result["memory"]["peak_rss_mib"] / r["memory"]["peak_rss_mib"], 3)
+        return {"note": note, "reference": RECBOLE_REFERENCE, "ratios": ratios}
+    note = "RecBole not run (no --recbole_python): ratios below use the reference figures, not an in-run measurement"
     sasrec = results.get("sasrec-ce")
     if sasrec and "train" in sasrec.get("training", {}):
         ratios["sasrec_ce_seconds_per_epoch_ours_over_recbole"] = round(
@@ -412,6 +430,10 @@ def markdown_report(report: dict) -> str:
             continue
         phases = "; ".join(f"{p}: {t['sequences_per_second']:,.0f}, {t['seconds_per_epoch']:.1f}{'*' if t['extrapolated'] else ''}"
                            for p, t in r["training"].items())
+        if name in RECBOLE_MODELS:
+            lines.append(f"| {name} | {r['parameters']:,} | {phases} | {r['evaluation']['seconds']:.2f} (RecBole's loader) "
+                         f"| | | | {r['memory']['peak_rss_mib']:,.0f} |")
+            continue
         lat = r["latency"]
         lines.append(
             f"| {name} | {r['parameters']:,} | {phases} | {r['evaluation']['seconds']:.2f} / "
@@ -432,7 +454,7 @@ def markdown_report(report: dict) -> str:
         f"{TARGETS['latency_p50_ms']} ms, peak RSS under {TARGETS['peak_rss_mib']:.0f} MiB.",
     ]
     for name, r in report["models"].items():
-        if "error" not in r:
+        if "error" not in r and name in MODELS:
             checks = {
                 "eval (as stored)": r["evaluation"]["seconds"] < TARGETS["eval_all_users_seconds"],
                 "eval (sorted)": r["evaluation_sorted_by_length"]["seconds"] < TARGETS["eval_all_users_seconds"],
@@ -453,15 +475,38 @@ def markdown_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def recbole_child(name: str, args: SpeedArgs, dataset_dir: str, out: Path, child_json: Path) -> list[str]:
+    """The command measuring RecBole model `name` under `--recbole_python`, after writing its data and settings."""
+    from benchmarks import recbole_baselines
+    from training.config import load_yaml
+
+    atomic = out / "recbole_atomic"
+    if not (atomic / recbole_baselines.DATASET_NAME).is_dir():
+        recbole_baselines.write_atomic_files(dataset_dir, atomic)
+    pretrain = load_yaml(args.dataset_config).get("pretrain", {}) or {}
+    job = {"name": name, "train_batches": args.train_batches, "threads": args.threads,
+           "settings": recbole_baselines.recbole_settings(name, atomic, pretrain, args.seed)}
+    (out / name).mkdir(parents=True, exist_ok=True)
+    job_json = out / name / "job.json"
+    job_json.write_text(json.dumps(job, indent=2) + "\n")
+    return [args.recbole_python, recbole_baselines.__file__, str(job_json.resolve()), str(child_json.resolve())]
+
+
 def main(argv=None) -> dict:
     from benchmarks.baselines import machine_info
     from training.config import parse_args
 
     (args,) = parse_args(argv, SpeedArgs, section="speed", description=__doc__.split("\n\n")[0])
     models = [m for m in args.models.split(",") if m]
-    unknown = sorted(set(models) - set(MODELS))
+    unknown = sorted(set(models) - set(MODELS + RECBOLE_MODELS))
     if unknown or not models:
-        raise ValueError(f"--models must name some of {', '.join(MODELS)}, got {args.models!r}")
+        raise ValueError(f"--models must name some of {', '.join(MODELS + RECBOLE_MODELS)}, got {args.models!r}")
+    if args.recbole_python:
+        if not Path(args.recbole_python).is_file():
+            raise FileNotFoundError(f"--recbole_python {args.recbole_python}: no such interpreter")
+        models += [m for m in RECBOLE_MODELS if m not in models]
+    elif any(m in RECBOLE_MODELS for m in models):
+        raise ValueError("RecBole's models need --recbole_python (the Python of a virtual environment with RecBole)")
     if args.latency_calls < 1 or args.warmup_calls < 0:
         raise ValueError(f"--latency_calls must be >= 1 and --warmup_calls >= 0, got {args.latency_calls}, {args.warmup_calls}")
     dataset_dir = resolve_dataset(args)
@@ -478,14 +523,17 @@ def main(argv=None) -> dict:
         child_json = out / f"{name}.json"
         command = [sys.executable, str(Path(__file__).resolve()), *raw_argv, "--dataset_dir", dataset_dir,
                    "--model", name, "--child_output", str(child_json)]
+        if name in RECBOLE_MODELS:
+            command = recbole_child(name, args, dataset_dir, out, child_json)
         print(f"[speed] {name}: {' '.join(shlex.quote(c) for c in command)}", flush=True)
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(args.malloc_mmap_threshold)} if args.malloc_mmap_threshold else None
-        completed = subprocess.run(command, env=env)  # same working directory, so relative paths mean the same
+        # ours: same working directory, so relative paths mean the same; RecBole writes its logs where it runs
+        completed = subprocess.run(command, env=env, cwd=out / name if name in RECBOLE_MODELS else None)
         if completed.returncode != 0 or not child_json.is_file():
             results[name] = {"error": f"child process exited with {completed.returncode} (see the log above)"}
             continue
         results[name] = json.loads(child_json.read_text())
-        print(f"[speed] {name}: {json.dumps({k: results[name][k] for k in ('evaluation', 'latency', 'memory')})}", flush=True)
+        print(f"[speed] {name}: {json.dumps({k: results[name].get(k) for k in ('evaluation', 'latency', 'memory')})}", flush=True)
 
     from training.sequences import load_sequences
 

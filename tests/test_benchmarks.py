@@ -1,6 +1,7 @@
 """Benchmarks: the accuracy and speed scripts' code paths on a tiny real slice of Beauty, and their helpers."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is scripts, not an installed package
 
-from benchmarks import accuracy, speed, time_to_quality  # noqa: E402
+from benchmarks import accuracy, recbole_baselines, speed, time_to_quality  # noqa: E402
 from benchmarks.baselines import build_id_model, id_tokenizer  # noqa: E402
 from training.config import default_data_dir, parse_args  # noqa: E402
 from training.pretrain import ModelArgs  # noqa: E402
@@ -140,6 +141,27 @@ def test_command_lines_reject_bad_arguments(tmp_path):
         accuracy.main(["--dataset", "beauty", "--dataset_config", str(tmp_path / "none.yaml")])
     with pytest.raises(ValueError, match="--models must name some of"):
         speed.main(["--models", "gru4rec"])
+    with pytest.raises(ValueError, match="RecBole's models need --recbole_python"):
+        speed.main(["--models", "recbole-sasrec"])
+    with pytest.raises(FileNotFoundError, match="no such interpreter"):
+        speed.main(["--recbole_python", str(tmp_path / "python")])
+    with pytest.raises(ValueError, match="unknown RecBole model"):
+        recbole_baselines.recbole_settings("recbole-gru4rec", tmp_path, {}, seed=0)
+
+
+def test_recbole_comparison_uses_the_in_run_figures():
+    ours = {"training": {"train": {"seconds_per_epoch": 10.0}}, "evaluation_sorted_by_length": {"seconds": 1.0},
+            "evaluation": {"seconds": 2.0}, "memory": {"peak_rss_mib": 1000.0}}
+    theirs = {"training": {"train": {"seconds_per_epoch": 100.0}}, "evaluation": {"seconds": 5.0},
+              "memory": {"peak_rss_mib": 4000.0}}
+    ratios = speed.recbole_comparison({"sasrec-ce": ours, "recbole-sasrec": theirs})
+    assert ratios["note"].startswith("RecBole measured in this run")
+    assert ratios["ratios"] == {"sasrec-ce_seconds_per_epoch_over_recbole-sasrec": 0.1,
+                                "sasrec-ce_eval_seconds_over_recbole-sasrec": 0.2,
+                                "sasrec-ce_peak_rss_over_recbole-sasrec": 0.25}
+    fallback = speed.recbole_comparison({"sasrec-ce": ours})
+    assert "reference figures" in fallback["note"]
+    assert fallback["ratios"]["sasrec_ce_seconds_per_epoch_ours_over_recbole"] == round(10 / 136, 3)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -251,6 +273,46 @@ def test_speed_measures_models_on_the_tiny_slice(tiny_bench):
     assert "RecBole" in report["recbole"]["note"]
     table = (root / "results" / "speed.md").read_text()
     assert "| qbert4rec |" in table and "RecBole" in table and "MALLOC_MMAP_THRESHOLD_=1048576" in table
+
+
+def test_recbole_atomic_files_hold_out_our_validation_and_test_items(tiny_bench, tmp_path):
+    root, _, _ = tiny_bench
+    data = next((root / "out").glob("beauty/stages-*/pipeline/data"))
+    path = recbole_baselines.write_atomic_files(str(data), tmp_path)
+    lines = path.read_text().splitlines()
+    assert lines[0] == "user_id:token\titem_id:token\ttimestamp:float"
+    by_user = {}
+    for line in lines[1:]:
+        user, item, position = line.split("\t")
+        by_user.setdefault(user, []).append((float(position), item))
+    from training.sequences import load_sequences
+
+    sequences = load_sequences(data)
+    assert len(by_user) == 30
+    for split in ("validation", "test"):  # RecBole's leave-one-out (time order) holds out the same items as ours
+        offset = 2 if split == "validation" else 1
+        for row in sequences[split]:
+            items = [item for _, item in sorted(by_user[row["user_id"]])]
+            assert items[-offset] == row["target"] and items[: len(items) - offset] == row["item_ids"]
+
+
+@pytest.mark.skipif(not os.environ.get("QBERT4REC_RECBOLE_PYTHON"),
+                    reason="set QBERT4REC_RECBOLE_PYTHON to the Python of a RecBole environment "
+                           "(benchmarks/recbole-requirements.txt) to run RecBole in the speed benchmark")
+def test_speed_runs_recbole_in_the_same_run(tiny_bench):
+    root, _, _ = tiny_bench
+    data = next((root / "out").glob("beauty/stages-*/pipeline/data"))
+    report = speed.main(["--dataset_config", str(root / "tiny.yaml"), "--dataset_dir", str(data), "--models", "sasrec-ce",
+                         "--recbole_python", os.environ["QBERT4REC_RECBOLE_PYTHON"], "--train_batches", "1",
+                         "--latency_calls", "2", "--warmup_calls", "0", "--output_dir", str(root / "speed-recbole"),
+                         "--results_dir", str(root / "results-recbole")])
+    for name in speed.RECBOLE_MODELS:
+        r = report["models"][name]
+        assert r["evaluation"]["users"] == 30 and r["training"]["train"]["batches_timed"] == 1, name
+        assert r["memory"]["peak_rss_mib"] > 0
+    assert report["recbole"]["note"].startswith("RecBole measured in this run")
+    assert "sasrec-ce_seconds_per_epoch_over_recbole-sasrec" in report["recbole"]["ratios"]
+    assert "| recbole-bert4rec |" in (root / "results-recbole" / "speed.md").read_text()
 
 
 def test_time_to_quality_trains_each_model_within_its_budget(tiny_bench):
