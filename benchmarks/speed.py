@@ -489,7 +489,8 @@ def recbole_child(name: str, args: SpeedArgs, dataset_dir: str, out: Path, child
     (out / name).mkdir(parents=True, exist_ok=True)
     job_json = out / name / "job.json"
     job_json.write_text(json.dumps(job, indent=2) + "\n")
-    return [args.recbole_python, recbole_baselines.__file__, str(job_json.resolve()), str(child_json.resolve())]
+    # absolute (the child runs in its own folder), but not resolved: a venv's python is a symlink to the base one
+    return [os.path.abspath(args.recbole_python), recbole_baselines.__file__, str(job_json.resolve()), str(child_json.resolve())]
 
 
 def main(argv=None) -> dict:

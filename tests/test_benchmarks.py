@@ -302,8 +302,9 @@ def test_recbole_atomic_files_hold_out_our_validation_and_test_items(tiny_bench,
 def test_speed_runs_recbole_in_the_same_run(tiny_bench):
     root, _, _ = tiny_bench
     data = next((root / "out").glob("beauty/stages-*/pipeline/data"))
+    recbole_python = os.path.relpath(os.environ["QBERT4REC_RECBOLE_PYTHON"])  # relative to where speed.py starts
     report = speed.main(["--dataset_config", str(root / "tiny.yaml"), "--dataset_dir", str(data), "--models", "sasrec-ce",
-                         "--recbole_python", os.environ["QBERT4REC_RECBOLE_PYTHON"], "--train_batches", "1",
+                         "--recbole_python", recbole_python, "--train_batches", "1",
                          "--latency_calls", "2", "--warmup_calls", "0", "--output_dir", str(root / "speed-recbole"),
                          "--results_dir", str(root / "results-recbole")])
     for name in speed.RECBOLE_MODELS:
