@@ -463,7 +463,8 @@ def markdown_report(report: dict) -> str:
             }
             lines.append(f"- {name}: " + ", ".join(f"{k} {'met' if ok else 'missed'}" for k, ok in checks.items()))
     rb = report["recbole"]
-    lines += ["", f"RecBole: {rb['note']} ({rb['reference']['source']}).", ""]
+    in_run = rb["note"].startswith("RecBole measured")
+    lines += ["", f"RecBole: {rb['note']}" + ("." if in_run else f" ({rb['reference']['source']})."), ""]
     lines += [f"- {k}: {v}" for k, v in rb["ratios"].items()]
     lines += [
         "",
