@@ -26,7 +26,6 @@ Writes `RESULTS_DIR/speed.json` and `RESULTS_DIR/speed.md`.
 """
 
 import dataclasses
-import importlib.util
 import json
 import os
 import resource

@@ -13,7 +13,6 @@ from safetensors.torch import load_file, save_file
 
 from training.inject import (
     CrossModalInjector,
-    InjectArgs,
     adjacent_pairs,
     check_item_coverage,
     embed_items,
