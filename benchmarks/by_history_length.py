@@ -1,0 +1,121 @@
+"""Benchmark: NDCG@10 and Recall@10 of trained checkpoints by history length, on the validation and test splits.
+
+    python benchmarks/by_history_length.py --dataset_dir outputs/beauty/data \
+        --checkpoints qbert4rec=RUN/qbert4rec/seed0/finetune-KEY/best,sasrec-ce=RUN/sasrec-ce/seed0/pretrain/best
+
+Same protocol as training/evaluate.py (full ranking over all items, history items kept); users are grouped by the
+length of the history the model sees (the test history is the validation history plus the validation item). Shows
+where two models with the same overall figure differ. Writes `RESULTS_DIR/by_history_length.json` and `.md`.
+"""
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+BUCKETS = ((1, 4), (5, 6), (7, 9), (10, 19), (20, None))  # history lengths, inclusive; None: no upper bound
+
+
+@dataclass
+class ByLengthArgs:
+    dataset_dir: str = field(default="outputs/beauty/data", metadata={"help": "prepared dataset folder"})
+    checkpoints: str = field(default="", metadata={"help": "comma-separated NAME=FOLDER of save_pretrained checkpoints"})
+    results_dir: str = field(default=str(REPO_ROOT / "benchmarks" / "results"), metadata={"help": "where the report goes"})
+    batch_size: int = field(default=512, metadata={"help": "histories per scoring batch"})
+
+
+def parse_checkpoints(text: str) -> dict[str, str]:
+    """`"a=DIR1,b=DIR2"` -> `{"a": "DIR1", "b": "DIR2"}`."""
+    pairs = [p for p in text.split(",") if p]
+    if not pairs or any("=" not in p for p in pairs):
+        raise ValueError(f"--checkpoints must be NAME=FOLDER[,NAME=FOLDER...], got {text!r}")
+    return dict(p.split("=", 1) for p in pairs)
+
+
+def bucket_name(low: int, high: int | None) -> str:
+    return f"{low}-{high}" if high is not None else f"{low}+"
+
+
+def ranks_and_lengths(model, tokenizer, split, batch_size: int):
+    """0-based target ranks `(U,)` and history lengths seen by the model `(U,)` of every user of a split."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from training.evaluate import target_ranks
+    from training.masking import HistoryCollator
+    from training.sequences import encode_split, eval_users
+
+    collator = HistoryCollator(item_codes=tokenizer.item_codes, codebook_size=tokenizer.codebook_size,
+                               max_len=model.config.max_position_embeddings)
+    ranks, lengths = [], []
+    with torch.no_grad():
+        for batch in DataLoader(eval_users(encode_split(split, tokenizer)), batch_size=batch_size, collate_fn=collator):
+            scores = model.score_items(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                       item_indices=batch["item_indices"])
+            ranks.append(target_ranks(scores, batch["targets"]))
+            lengths.append(batch["attention_mask"].sum(1))
+    return torch.cat(ranks), torch.cat(lengths)
+
+
+def breakdown(ranks, lengths) -> dict:
+    """`{"all": {...}, "1-4": {...}, ...}`: users, NDCG@10 and Recall@10 of all users and of each length bucket."""
+    from training.evaluate import metrics_from_ranks
+
+    per_user = metrics_from_ranks(ranks, ks=(10,))
+    groups = {"all": lengths >= 0}
+    groups.update({bucket_name(lo, hi): (lengths >= lo) & (lengths <= (hi if hi is not None else lengths.max()))
+                   for lo, hi in BUCKETS})
+    return {name: {"users": int(keep.sum()),
+                   "ndcg@10": float(per_user["ndcg@10"][keep].mean()) if keep.any() else None,
+                   "recall@10": float(per_user["recall@10"][keep].mean()) if keep.any() else None}
+            for name, keep in groups.items()}
+
+
+def markdown_table(report: dict) -> str:
+    names = ["all"] + [bucket_name(lo, hi) for lo, hi in BUCKETS]
+    lines = ["# NDCG@10 by history length", "",
+             "Full ranking over all items, history items kept; users grouped by the history length the model sees. "
+             "Cells: NDCG@10 (users).", "",
+             "| model | split | " + " | ".join("all" if n == "all" else f"{n} items" for n in names) + " |",
+             "|---|---|" + "---|" * len(names)]
+    for model, splits in report["models"].items():
+        for split, groups in splits.items():
+            cells = [f"{groups[n]['ndcg@10']:.4f} ({groups[n]['users']:,})" if groups[n]["ndcg@10"] is not None else "-"
+                     for n in names]
+            lines.append(f"| {model} | {split} | " + " | ".join(cells) + " |")
+    lines += ["", f"Command: `{report['command']}`", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    import shlex
+
+    from modeling_qbert4rec import QBert4RecForMaskedItemModeling
+    from tokenization_semantic_id import SemanticIdTokenizer
+    from training.config import parse_args
+    from training.sequences import load_sequences
+
+    (args,) = parse_args(argv, ByLengthArgs, description=__doc__.split("\n\n")[0])
+    checkpoints = parse_checkpoints(args.checkpoints)
+    sequences = load_sequences(args.dataset_dir)
+    report = {"command": "python benchmarks/by_history_length.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
+              "settings": asdict(args), "buckets": [bucket_name(lo, hi) for lo, hi in BUCKETS], "models": {}}
+    for name, folder in checkpoints.items():
+        model = QBert4RecForMaskedItemModeling.from_pretrained(folder).eval()
+        tokenizer = SemanticIdTokenizer.from_pretrained(folder)
+        report["models"][name] = {split: breakdown(*ranks_and_lengths(model, tokenizer, sequences[split], args.batch_size))
+                                  for split in ("validation", "test")}
+    results_dir = Path(args.results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / "by_history_length.json").write_text(json.dumps(report, indent=2) + "\n")
+    (results_dir / "by_history_length.md").write_text(markdown_table(report))
+    print(markdown_table(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()
