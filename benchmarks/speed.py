@@ -481,8 +481,7 @@ def recbole_child(name: str, args: SpeedArgs, dataset_dir: str, out: Path, child
     from training.config import load_yaml
 
     atomic = out / "recbole_atomic"
-    if not (atomic / recbole_baselines.DATASET_NAME).is_dir():
-        recbole_baselines.write_atomic_files(dataset_dir, atomic)
+    recbole_baselines.write_atomic_files(dataset_dir, atomic)  # under a second: always from this run's dataset
     pretrain = load_yaml(args.dataset_config).get("pretrain", {}) or {}
     job = {"name": name, "train_batches": args.train_batches, "threads": args.threads,
            "settings": recbole_baselines.recbole_settings(name, atomic, pretrain, args.seed)}
