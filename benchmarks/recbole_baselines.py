@@ -54,9 +54,10 @@ def write_atomic_files(dataset_dir: str, folder: Path) -> Path:
     return path
 
 
-def recbole_settings(name: str, atomic_folder: Path, pretrain: dict, seed: int) -> dict:
-    """RecBole's `config_dict` for model `name` (a key of `MODELS`), sized like our `pretrain` section; evaluation at
-    RecBole's own batch size (4,096 users)."""
+def recbole_settings(name: str, atomic_folder: Path, ours: dict, seed: int) -> dict:
+    """RecBole's `config_dict` for model `name` (a key of `MODELS`), sized like our models: `ours` holds `max_len`,
+    `hidden_size`, `intermediate_size`, `num_hidden_layers`, `num_attention_heads`, `batch_size` and `learning_rate`
+    (the resolved `pretrain` settings). Evaluation runs at RecBole's own batch size (4,096 users)."""
     if name not in MODELS:
         raise ValueError(f"unknown RecBole model {name!r}: expected one of {', '.join(MODELS)}")
     return {
@@ -72,13 +73,13 @@ def recbole_settings(name: str, atomic_folder: Path, pretrain: dict, seed: int) 
         "valid_metric": "NDCG@10",
         "loss_type": "CE",
         "train_neg_sample_args": None,
-        "MAX_ITEM_LIST_LENGTH": int(pretrain.get("max_len", 50)),
-        "hidden_size": int(pretrain.get("hidden_size", 64)),
-        "inner_size": int(pretrain.get("intermediate_size", 256)),
-        "n_layers": int(pretrain.get("num_hidden_layers", 2)),
-        "n_heads": int(pretrain.get("num_attention_heads", 2)),
-        "train_batch_size": int(pretrain.get("batch_size", 256)),
-        "learning_rate": float(pretrain.get("learning_rate", 1e-3)),
+        "MAX_ITEM_LIST_LENGTH": ours["max_len"],
+        "hidden_size": ours["hidden_size"],
+        "inner_size": ours["intermediate_size"],
+        "n_layers": ours["num_hidden_layers"],
+        "n_heads": ours["num_attention_heads"],
+        "train_batch_size": ours["batch_size"],
+        "learning_rate": ours["learning_rate"],
         "epochs": 1,
         "seed": seed,
         "reproducibility": True,

@@ -478,13 +478,18 @@ def markdown_report(report: dict) -> str:
 def recbole_child(name: str, args: SpeedArgs, dataset_dir: str, out: Path, child_json: Path) -> list[str]:
     """The command measuring RecBole model `name` under `--recbole_python`, after writing its data and settings."""
     from benchmarks import recbole_baselines
-    from training.config import load_yaml
+    from training.config import parse_args
+    from training.loop import LoopArgs
+    from training.pretrain import ModelArgs, PretrainArgs
 
     atomic = out / "recbole_atomic"
     recbole_baselines.write_atomic_files(dataset_dir, atomic)  # under a second: always from this run's dataset
-    pretrain = load_yaml(args.dataset_config).get("pretrain", {}) or {}
+    model_args, _, loop_args = parse_args(["--config", args.dataset_config], ModelArgs, PretrainArgs, LoopArgs, section="pretrain")
+    ours = {**{k: getattr(model_args, k) for k in ("max_len", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                                   "num_attention_heads")},
+            "batch_size": loop_args.batch_size, "learning_rate": loop_args.learning_rate}
     job = {"name": name, "train_batches": args.train_batches, "threads": args.threads,
-           "settings": recbole_baselines.recbole_settings(name, atomic, pretrain, args.seed)}
+           "settings": recbole_baselines.recbole_settings(name, atomic, ours, args.seed)}
     (out / name).mkdir(parents=True, exist_ok=True)
     job_json = out / name / "job.json"
     job_json.write_text(json.dumps(job, indent=2) + "\n")
