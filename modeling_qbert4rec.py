@@ -311,13 +311,6 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
         self._cached_item_table = (key, table) if key is not None else None
         return table
 
-    def _item_logits(self, states):
-        """Prediction states `(M, H)` -> item logits `(M, num_items)`, the sum of each item's code logits.
-
-        The code logits are linear in the states, so the sum over levels is one matmul with each item's summed
-        code embeddings (and summed biases), never a gather per level of size `(M, num_items)`."""
-        return F.linear(states, *self._item_table())  # (M, num_items)
-
     def _item_cross_entropy(self, states, target_items):
         """Mean catalogue cross-entropy of states `(M, H)` against item indices `(M,)` (-100 ignored).
 
@@ -419,6 +412,26 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
             item_indices = torch.cat([item_indices, masked], dim=1)[:, -self.config.max_position_embeddings :]
         return input_ids, attention_mask, item_indices
 
+    def history_states(self, input_ids, attention_mask=None, item_indices=None):
+        """The prediction state after each history, `(batch, hidden_size)`: what `item_logits` scores the catalogue
+        against. Inputs as for `score_items`."""
+        self._check_item_table(input_ids, item_indices)
+        if self.config.is_causal:  # causal: predict from the newest history position
+            attention_mask = self._left_padded_mask(input_ids, attention_mask)
+        else:  # bidirectional: predict at a [MASK] after the history
+            input_ids, attention_mask, item_indices = self._append_mask(input_ids, attention_mask, item_indices)
+        hidden = self.qbert4rec(input_ids, attention_mask, item_indices, last_position_only=True).last_hidden_state[:, -1]  # (B, H)
+        return self.head.transform(hidden)  # (B, H)
+
+    def item_logits(self, states):
+        """Prediction states `(M, H)` -> item logits `(M, num_items)`, the sum of each item's code logits (plus its
+        item-ID term with `score_item_embedding`).
+
+        They differ from `score_items` by one constant per row (the code log-normalisers), so they rank the items
+        the same; evaluation ranks these directly. The sum over levels is one matmul with each item's summed code
+        embeddings (and summed biases), never a gather per level of size `(M, num_items)`."""
+        return F.linear(states, *self._item_table())  # (M, num_items)
+
     def score_items(self, input_ids, attention_mask=None, item_indices=None, **kwargs):
         """Score every item as the next one after each history.
 
@@ -429,18 +442,12 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
         Returns:
             `torch.FloatTensor` of shape `(batch, num_items)`: sum over levels of each item's code log-probability.
         """
-        self._check_item_table(input_ids, item_indices)
-        if self.config.is_causal:  # causal: predict from the newest history position
-            attention_mask = self._left_padded_mask(input_ids, attention_mask)
-        else:  # bidirectional: predict at a [MASK] after the history
-            input_ids, attention_mask, item_indices = self._append_mask(input_ids, attention_mask, item_indices)
-        hidden = self.qbert4rec(input_ids, attention_mask, item_indices, last_position_only=True).last_hidden_state[:, -1]  # (B, H)
-        states = self.head.transform(hidden)  # (B, H)
+        states = self.history_states(input_ids, attention_mask, item_indices)  # (B, H)
         code_logits = self.head.code_logits(states, self.qbert4rec.embeddings.code_embeddings.weight)  # (B, L, K)
         # Sum over levels of log p(code) = sum of the item's code logits - sum over levels of logsumexp.
         # (With score_item_embedding the item-ID term is added too; the per-history constant does not change ranks.)
         log_normaliser = code_logits.logsumexp(-1).sum(-1, keepdim=True)  # (B, 1)
-        return self._item_logits(states).sub_(log_normaliser)  # (B, num_items)
+        return self.item_logits(states).sub_(log_normaliser)  # (B, num_items)
 
     @torch.no_grad()
     def recommend(self, input_ids, attention_mask=None, item_indices=None, top_k=10, exclude_history=False, **kwargs):

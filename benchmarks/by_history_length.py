@@ -45,19 +45,16 @@ def ranks_and_lengths(model, tokenizer, split, batch_size: int):
     import torch
     from torch.utils.data import DataLoader
 
-    from training.evaluate import target_ranks
+    from training.evaluate import batch_ranks
     from training.masking import HistoryCollator
     from training.sequences import encode_split, eval_users
 
     collator = HistoryCollator(item_codes=tokenizer.item_codes, codebook_size=tokenizer.codebook_size,
                                max_len=model.config.max_position_embeddings)
     ranks, lengths = [], []
-    with torch.no_grad():
-        for batch in DataLoader(eval_users(encode_split(split, tokenizer)), batch_size=batch_size, collate_fn=collator):
-            scores = model.score_items(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                       item_indices=batch["item_indices"])
-            ranks.append(target_ranks(scores, batch["targets"]))
-            lengths.append(batch["attention_mask"].sum(1))
+    for batch in DataLoader(eval_users(encode_split(split, tokenizer)), batch_size=batch_size, collate_fn=collator):
+        ranks.append(batch_ranks(model, batch)[0])
+        lengths.append(batch["attention_mask"].sum(1))
     return torch.cat(ranks), torch.cat(lengths)
 
 

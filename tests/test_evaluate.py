@@ -182,6 +182,51 @@ def test_evaluate_model_empty_dataloader():
         evaluate_model(MostPopular(NUM_ITEMS), [])
 
 
+def tiny_qbert4rec(**overrides):
+    from configuration_qbert4rec import QBert4RecConfig
+    from modeling_qbert4rec import QBert4RecForMaskedItemModeling
+
+    torch.manual_seed(0)
+    config = QBert4RecConfig(num_codebooks=2, codebook_size=4, num_items=NUM_ITEMS, hidden_size=16, num_hidden_layers=1,
+                             num_attention_heads=2, intermediate_size=20, max_position_embeddings=4,
+                             initializer_range=0.5, **overrides)
+    model = QBert4RecForMaskedItemModeling(config)
+    model.set_item_codes(ITEM_CODES)
+    return model.eval()
+
+
+class ScoresOnly(torch.nn.Module):
+    """The same model seen through `score_items` alone (the path of any other scorer)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def score_items(self, **inputs):
+        return self.model.score_items(**inputs)
+
+
+@pytest.mark.parametrize("use_item_embedding", [False, True])
+@pytest.mark.parametrize("exclude_history", [False, True])
+def test_blockwise_logit_ranks_equal_the_log_probability_ranks(monkeypatch, use_item_embedding, exclude_history):
+    """`batch_ranks` ranks `item_logits` in blocks of rows; the ranks are those of `score_items` in one piece."""
+    import training.evaluate
+
+    monkeypatch.setattr(training.evaluate, "RANK_BLOCK", 2)  # 7 histories per batch: blocks 2, 2, 2, 1
+    model = tiny_qbert4rec(use_item_embedding=use_item_embedding, score_item_embedding=use_item_embedding)
+    examples = [{"item_indices": [(3 * i) % NUM_ITEMS, (i + 1) % NUM_ITEMS][: 1 + i % 2], "target": (i * 5) % NUM_ITEMS}
+                for i in range(11)]
+    batch = HistoryCollator(item_codes=ITEM_CODES, codebook_size=4, max_len=4)(examples[:7])
+    ranks, num_items = training.evaluate.batch_ranks(model, batch, exclude_history)
+    exclude = history_exclusion(batch["item_indices"], NUM_ITEMS) if exclude_history else None
+    scores = model.score_items(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                               item_indices=batch["item_indices"])
+    assert num_items == NUM_ITEMS and torch.equal(ranks, target_ranks(scores, batch["targets"], exclude))
+    assert len(set(ranks.tolist())) > 1  # the histories are ranked differently: the check above can fail
+    blockwise = evaluate_model(model, tiny_loader(examples, batch_size=7), exclude_history=exclude_history)
+    assert blockwise == evaluate_model(ScoresOnly(model), tiny_loader(examples, batch_size=7), exclude_history=exclude_history)
+
+
 # -- the `evaluate` metric module --------------------------------------------------------------------------------------
 
 

@@ -141,6 +141,35 @@ def _module_device(model) -> torch.device:
     return torch.device("cpu")
 
 
+RANK_BLOCK = 64  # histories whose catalogue logits are made and ranked together: 64 x 12,101 floats stay in cache
+
+
+@torch.no_grad()
+def batch_ranks(model, batch: dict, exclude_history: bool = False) -> tuple[torch.Tensor, int]:
+    """0-based rank of each history's target among all items, and the number of items.
+
+    `model` exposes `score_items(input_ids=, attention_mask=, item_indices=) -> (B, N)`, or, faster, the two steps
+    `history_states(...) -> (B, H)` and `item_logits(states) -> (B, N)`: then the logits of `RANK_BLOCK` histories
+    at a time are ranked while still in cache, never written out as one `(B, N)` tensor (on CPU this halves the
+    scoring time). `batch` is a `HistoryCollator` batch.
+
+    Returns:
+        long `(B,)` ranks and N.
+    """
+    inputs = {name: batch[name] for name in ("input_ids", "attention_mask", "item_indices")}
+    if hasattr(model, "history_states"):
+        blocks = (model.item_logits(states) for states in model.history_states(**inputs).split(RANK_BLOCK))
+    else:
+        blocks = model.score_items(**inputs).split(RANK_BLOCK)
+    ranks = []
+    for start, scores in zip(range(0, len(batch["targets"]), RANK_BLOCK), blocks):  # scores: (RANK_BLOCK, N)
+        rows = slice(start, start + RANK_BLOCK)
+        num_items = scores.shape[1]
+        exclude = history_exclusion(batch["item_indices"][rows], num_items) if exclude_history else None
+        ranks.append(target_ranks(scores.float(), batch["targets"][rows], exclude))
+    return torch.cat(ranks), num_items
+
+
 @torch.no_grad()
 def evaluate_model(
     model,
@@ -153,8 +182,8 @@ def evaluate_model(
     """Rank every user's target against all items and average the metrics.
 
     Args:
-        model: exposes `score_items(input_ids=, attention_mask=, item_indices=) -> (B, num_items)` scores of the
-            next item after the (left-padded) history; the model appends the `[MASK]` position itself.
+        model: scores the next item after each (left-padded) history, as `batch_ranks` describes; the model appends
+            the `[MASK]` position itself.
         dataloader: yields batches from `training.masking.HistoryCollator` (`input_ids`, `attention_mask`,
             `item_indices`, `targets`).
         accelerator: an `accelerate.Accelerator`; when given, the dataloader should be prepared by it and the
@@ -170,17 +199,13 @@ def evaluate_model(
     if hasattr(model, "eval"):
         model.eval()
     device = accelerator.device if accelerator is not None else _module_device(model)
-    score_items = getattr(accelerator.unwrap_model(model) if accelerator is not None else model, "score_items")
+    scorer = accelerator.unwrap_model(model) if accelerator is not None else model
     show_progress = accelerator is None or accelerator.is_local_main_process
     per_user_batches, num_items = [], None
     for batch in tqdm(dataloader, desc=desc, disable=not show_progress):
         batch = {name: tensor.to(device) for name, tensor in batch.items()}
-        scores = score_items(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], item_indices=batch["item_indices"]
-        ).float()  # (B, N)
-        num_items = scores.shape[1]
-        exclude = history_exclusion(batch["item_indices"], num_items) if exclude_history else None
-        per_user = rank_metrics(scores, batch["targets"], ks=ks, exclude=exclude)
+        ranks, num_items = batch_ranks(scorer, batch, exclude_history)
+        per_user = metrics_from_ranks(ranks, ks)
         if accelerator is not None:
             per_user = accelerator.gather_for_metrics(per_user)
         per_user_batches.append({name: values.cpu() for name, values in per_user.items()})
