@@ -79,8 +79,8 @@ class SpeedArgs:
     max_users: int = field(default=0, metadata={"help": "use only the first N test users for evaluation (0: all)"})
     malloc_mmap_threshold: int = field(
         default=0, metadata={"help": "glibc's MALLOC_MMAP_THRESHOLD_ for the children, in bytes: larger allocations are "
-                                     "mapped alone and return to the system when freed (lower peak RSS, slower training; "
-                                     "0: glibc's default, a threshold that grows with the freed blocks)"}
+                                     "mapped alone and return to the system when freed (lower is leaner but slower; "
+                                     "0: the training loop's own 4 MiB, training.loop.cap_mmap_threshold)"}
     )
     seed: int = field(default=0, metadata={"help": "seed of init and data order"})
     model: str = field(default="", metadata={"help": "internal: measure this one model in this process"})
@@ -311,8 +311,10 @@ def measure_model(name: str, args: SpeedArgs, dataset_dir: str) -> dict:
     """Every measurement of one model, in this process."""
     import torch
 
+    from training.loop import MMAP_THRESHOLD, cap_mmap_threshold
     from training.sequences import encode_split, load_sequences
 
+    mmap_threshold_set = cap_mmap_threshold()  # as training/loop.py's train does
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -357,7 +359,8 @@ def measure_model(name: str, args: SpeedArgs, dataset_dir: str) -> dict:
         "peak_rss_mib": round(max(phase_peaks.values()), 1),
         "peak_rss_by_phase_mib": {phase: round(peak, 1) for phase, peak in phase_peaks.items()},
         "ru_maxrss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # Linux: KiB
-        "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),  # as this process ran (glibc reads it at start)
+        # as this process ran: the environment's (glibc reads it at start), else the loop's cap_mmap_threshold
+        "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD) if mmap_threshold_set else None),
     }
     return result
 
@@ -447,7 +450,8 @@ def markdown_report(report: dict) -> str:
         "length` batches users of similar length together (same metrics, far less padding), as `training/sequences.py`'s "
         "`eval_loader` does in training and `evaluate.py`. "
         + (f"glibc `MALLOC_MMAP_THRESHOLD_={report['settings']['malloc_mmap_threshold']}` in the children."
-           if report["settings"]["malloc_mmap_threshold"] else "glibc's default allocator settings."),
+           if report["settings"]["malloc_mmap_threshold"]
+           else "glibc's mmap threshold fixed at 4 MiB by the training loop (`training.loop.cap_mmap_threshold`)."),
         "",
         f"Targets (issue 6): all users evaluated in under {TARGETS['eval_all_users_seconds']} s, batch-1 p50 under "
         f"{TARGETS['latency_p50_ms']} ms, peak RSS under {TARGETS['peak_rss_mib']:.0f} MiB.",

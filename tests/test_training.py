@@ -1,8 +1,11 @@
 """Stage 3 training scripts on a tiny generated dataset: pretrain -> finetune -> evaluate, resume, bad input."""
 
 import json
+import os
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,8 @@ from training.config import parse_args
 from training.loop import LoopArgs, make_accelerator, train
 from training.masking import HistoryCollator, MultiMaskCollator
 from training.sequences import check_sequences, encode_split, eval_loader, load_sequences
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 NUM_ITEMS = 40
 
@@ -296,6 +301,48 @@ def test_release_freed_memory_returns_fragmented_heap_to_the_os():
     release_freed_memory()
     assert before - rss_mib() > 50  # about 112 MiB of holes released
     del kept
+
+
+HEAP_GROWTH_SCRIPT = """
+import sys
+from pathlib import Path
+from training.loop import cap_mmap_threshold
+
+def rss_mib():
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+capped = cap_mmap_threshold() if sys.argv[1] == "cap" else False
+big = b"x" * (16 << 20)  # freeing a 16 MiB block raises glibc's default threshold to 16 MiB
+del big
+before = rss_mib()
+blocks, pins = [], []
+for _ in range(8):  # 8 blocks of 8 MiB, each followed by a small allocation that pins the heap top
+    blocks.append(b"x" * (8 << 20))
+    pins.append(b"y" * 100_000)
+del blocks
+print(capped, rss_mib() - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads VmRSS from /proc (Linux)")
+def test_cap_mmap_threshold_returns_freed_activations_to_the_os():
+    from training.loop import _libc, cap_mmap_threshold
+
+    if _libc() is None:
+        pytest.skip("no glibc on this system")
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    kept = {}
+    for mode in ("default", "cap"):
+        out = subprocess.run([sys.executable, "-c", HEAP_GROWTH_SCRIPT, mode], env=env, cwd=REPO_ROOT, check=True,
+                             capture_output=True, text=True).stdout.split()
+        kept[mode] = float(out[1])
+        assert out[0] == str(mode == "cap")
+    assert kept["default"] > 48  # glibc's own threshold: the 64 MiB stay resident in the heap
+    assert kept["cap"] < 16  # the loop's 4 MiB threshold: each block was its own mapping, unmapped when freed
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
+        assert cap_mmap_threshold() is False  # the user's setting wins
 
 
 def test_finetune_dropout_overrides_the_pretrained_models(tiny, tmp_path):

@@ -12,6 +12,7 @@ import ctypes.util
 import functools
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,8 @@ from training.evaluate import evaluate_model
 CHECKPOINTS = "checkpoints"
 BEST = "best"
 RELEASE_MEMORY_EVERY = 16  # batches
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
+MMAP_THRESHOLD = 4 * 1024 * 1024  # bytes; see cap_mmap_threshold
 
 
 @functools.cache
@@ -36,6 +39,20 @@ def _libc():
     name = ctypes.util.find_library("c")
     libc = ctypes.CDLL(name) if name else None
     return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+
+def cap_mmap_threshold(nbytes: int = MMAP_THRESHOLD) -> bool:
+    """Serve allocations of `nbytes` and more with their own mapping, returned to the OS when freed (glibc's
+    `mallopt(M_MMAP_THRESHOLD)`; a no-op without glibc, or when the user set `MALLOC_MMAP_THRESHOLD_`).
+
+    glibc's default threshold grows to the size of every large block freed (up to 32 MiB), after which a training
+    step's FFN activations (256 x 50 x 256 floats, 13 MB) stay in the heap and keep it large. Tensors under 4 MiB
+    (most activations) still reuse heap pages; a 1 MiB threshold mapped those too and made epochs 1.6-2.2x slower.
+    Returns True when the threshold was set."""
+    libc = _libc()
+    if libc is None or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    return libc.mallopt(M_MMAP_THRESHOLD, nbytes) == 1
 
 
 def release_freed_memory() -> None:
@@ -208,6 +225,7 @@ def train(model, tokenizer, train_dataset, collator, eval_loader, args: LoopArgs
     Returns the early-stopping record; the best weights are in `output_dir/best` (model + tokenizer).
     """
     output_dir = Path(args.output_dir)
+    cap_mmap_threshold()
     train_loader = make_train_loader(train_dataset, collator, args)
     sampler = train_loader.sampler
     no_decay = ("bias", "LayerNorm.weight", "norm.weight")
