@@ -129,8 +129,8 @@ def plan_rows(which: str, item_embedding_in_config: bool) -> list[Row]:
         # epochs (validation N@10 .005, and .002 for cross-domain), so these two rows pretrain for 20 epochs at least.
         Row(f"qbert4rec/{'+' if flip else '-'}item-embedding", "ablation", "qbert4rec",
             f"{'with' if flip else 'without'} the item-ID embedding (inputs and catalogue scores)",
-            pretrain_flags=("--use_item_embedding", str(flip).lower(), "--score_item_embedding", str(flip).lower(),
-                            "--min_epochs", "20")),
+            pretrain_flags=("--use_item_embedding", str(flip).lower(), "--score_item_embedding", str(flip).lower())
+            + (() if flip else ("--min_epochs", "20"))),
         Row("qbert4rec/cross-domain", "ablation", "qbert4rec", "pretrained on another domain too",
             pretrain_flags=("--use_item_embedding", "false", "--score_item_embedding", "false", "--loss_type", "codes",
                             "--min_epochs", "20"),

@@ -41,8 +41,11 @@ def test_plan_rows_main_and_ablations():
     tail = ablations["qbert4rec/mask-tail"].pretrain_flags
     assert dict(zip(tail[::2], tail[1::2])) == {"--cloze_prob": "0", "--span_prob": "0", "--tail_prob": "1", "--multi_region_prob": "0"}
     assert ablations["qbert4rec/cross-domain"].cross_domain
-    flipped = {r.name for r in accuracy.plan_rows("all", item_embedding_in_config=True)}
+    flipped = {r.name: r for r in accuracy.plan_rows("all", item_embedding_in_config=True)}
     assert "qbert4rec/-item-embedding" in flipped and len(flipped) == 4 + 10
+    assert flipped["qbert4rec/-item-embedding"].pretrain_flags == (  # without the embedding: 20 epochs at least
+        "--use_item_embedding", "false", "--score_item_embedding", "false", "--min_epochs", "20")
+    assert flipped["qbert4rec/cross-domain"].pretrain_flags[-2:] == ("--min_epochs", "20")
     with pytest.raises(ValueError, match="--rows must be main, ablations or all"):
         accuracy.plan_rows("everything", False)
 
