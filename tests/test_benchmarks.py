@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is scripts, not an installed package
 
-from benchmarks import accuracy, by_history_length, recbole_baselines, speed, time_to_quality  # noqa: E402
+from benchmarks import accuracy, allocator, by_history_length, recbole_baselines, speed, time_to_quality  # noqa: E402
 from benchmarks.baselines import build_id_model, id_tokenizer  # noqa: E402
 from training.config import default_data_dir, parse_args  # noqa: E402
 from training.pretrain import ModelArgs  # noqa: E402
@@ -308,6 +308,22 @@ def test_recbole_atomic_files_hold_out_our_validation_and_test_items(tiny_bench,
         for row in sequences[split]:
             items = [item for _, item in sorted(by_user[row["user_id"]])]
             assert items[-offset] == row["target"] and items[: len(items) - offset] == row["item_ids"]
+
+
+def test_allocator_benchmark_runs_each_setting_in_its_own_process(tiny_bench):
+    root, _, _ = tiny_bench
+    data = next((root / "out").glob("beauty/stages-*/pipeline/data"))
+    flags = ["--dataset_config", str(root / "tiny.yaml"), "--dataset_dir", str(data), "--semantic_ids_dir",
+             str(data.parent / "semantic_ids"), "--models", "qbert4rec", "--train_batches", "1",
+             "--output_dir", str(root / "allocator"), "--results_dir", str(root / "results")]
+    report = allocator.main(flags)
+    assert list(report["results"]) == list(allocator.SETTINGS)
+    for setting, runs in report["results"].items():
+        (run,) = runs["qbert4rec"]
+        assert run["phase"] == "pretrain" and run["batches_timed"] == 1 and run["peak_rss_mib"] > 0, setting
+    assert "| threshold 4 MiB, loss blocks of 64 |" in (root / "results" / "allocator.md").read_text()
+    with pytest.raises(ValueError, match="--models must name some of"):
+        allocator.main(flags + ["--models", "recbole-sasrec"])
 
 
 @pytest.mark.skipif(not os.environ.get("QBERT4REC_RECBOLE_PYTHON"),
