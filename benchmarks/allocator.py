@@ -14,6 +14,7 @@ Writes `RESULTS_DIR/allocator.json` and `RESULTS_DIR/allocator.md`.
 """
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
@@ -84,7 +85,7 @@ def markdown_report(report: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    from benchmarks.baselines import machine_info
+    from benchmarks.baselines import machine_info, write_report
     from benchmarks.speed import MODELS
     from training.config import parse_args
 
@@ -92,6 +93,8 @@ def main(argv=None) -> dict:
     models = [m for m in args.models.split(",") if m]
     if not models or set(models) - set(MODELS):
         raise ValueError(f"--models must name some of {', '.join(MODELS)}, got {args.models!r}")
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        raise ValueError("unset MALLOC_MMAP_THRESHOLD_: it would override every setting this benchmark compares")
     if args.model:  # child
         Path(args.child_output).write_text(json.dumps(measure(args)) + "\n")
         return {}
@@ -112,10 +115,7 @@ def main(argv=None) -> dict:
               "settings": {name: {"mmap_threshold_4mib": c, "item_loss_block": b} for name, (c, b) in SETTINGS.items()},
               **{k: v for k, v in asdict(args).items() if k in ("train_batches", "repeats")},
               "models": models, "results": results}
-    results_dir = Path(args.results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / "allocator.json").write_text(json.dumps(report, indent=2) + "\n")
-    (results_dir / "allocator.md").write_text(markdown_report(report))
+    write_report(args.results_dir, "allocator", report, markdown_report(report))
     print(markdown_report(report))
     return report
 

@@ -118,6 +118,16 @@ def stage_done(stage_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def write_report(results_dir, stem: str, report: dict, markdown: str) -> tuple[Path, Path]:
+    """Write a benchmark's `RESULTS_DIR/<stem>.json` and `<stem>.md`; returns their paths."""
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = results_dir / f"{stem}.json", results_dir / f"{stem}.md"
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    md_path.write_text(markdown)
+    return json_path, md_path
+
+
 def write_stage_record(stage_dir: Path, record: dict) -> dict:
     Path(stage_dir).mkdir(parents=True, exist_ok=True)
     (Path(stage_dir) / STAGE_RECORD).write_text(json.dumps(record, indent=2) + "\n")

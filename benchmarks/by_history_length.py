@@ -8,7 +8,6 @@ length of the history the model sees (the test history is the validation history
 where two models with the same overall figure differ. Writes `RESULTS_DIR/by_history_length.json` and `.md`.
 """
 
-import json
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -91,6 +90,7 @@ def markdown_table(report: dict) -> str:
 def main(argv=None) -> dict:
     import shlex
 
+    from benchmarks.baselines import write_report
     from modeling_qbert4rec import QBert4RecForMaskedItemModeling
     from tokenization_semantic_id import SemanticIdTokenizer
     from training.config import parse_args
@@ -106,10 +106,7 @@ def main(argv=None) -> dict:
         tokenizer = SemanticIdTokenizer.from_pretrained(folder)
         report["models"][name] = {split: breakdown(*ranks_and_lengths(model, tokenizer, sequences[split], args.batch_size))
                                   for split in ("validation", "test")}
-    results_dir = Path(args.results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / "by_history_length.json").write_text(json.dumps(report, indent=2) + "\n")
-    (results_dir / "by_history_length.md").write_text(markdown_table(report))
+    write_report(args.results_dir, "by_history_length", report, markdown_table(report))
     print(markdown_table(report))
     return report
 

@@ -502,7 +502,7 @@ def recbole_child(name: str, args: SpeedArgs, dataset_dir: str, out: Path, child
 
 
 def main(argv=None) -> dict:
-    from benchmarks.baselines import machine_info
+    from benchmarks.baselines import machine_info, write_report
     from training.config import parse_args
 
     (args,) = parse_args(argv, SpeedArgs, section="speed", description=__doc__.split("\n\n")[0])
@@ -557,11 +557,8 @@ def main(argv=None) -> dict:
         "models": results,
         "recbole": recbole_comparison(results),
     }
-    results_dir = Path(args.results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / "speed.json").write_text(json.dumps(report, indent=2) + "\n")
-    (results_dir / "speed.md").write_text(markdown_report(report))
-    print(f"[speed] results: {results_dir / 'speed.json'}, {results_dir / 'speed.md'}")
+    json_path, md_path = write_report(args.results_dir, "speed", report, markdown_report(report))
+    print(f"[speed] results: {json_path}, {md_path}")
     return report
 
 

@@ -23,7 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.baselines import CANDIDATES, machine_info, machine_line, train_id_model  # noqa: E402
+from benchmarks.baselines import CANDIDATES, machine_info, machine_line, train_id_model, write_report  # noqa: E402
 from training import finetune, pipeline, pretrain  # noqa: E402
 from training.config import parse_args  # noqa: E402
 
@@ -127,11 +127,8 @@ def main(argv=None) -> dict:
         "settings": asdict(args),
         "models": results,
     }
-    results_dir = Path(args.results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / "time_to_quality.json").write_text(json.dumps(report, indent=2) + "\n")
-    (results_dir / "time_to_quality.md").write_text(markdown_report(report))
-    print(f"[time_to_quality] results: {results_dir / 'time_to_quality.md'}")
+    _, md_path = write_report(args.results_dir, "time_to_quality", report, markdown_report(report))
+    print(f"[time_to_quality] results: {md_path}")
     return report
 
 
