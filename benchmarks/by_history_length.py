@@ -44,15 +44,16 @@ def ranks_and_lengths(model, tokenizer, split, batch_size: int):
     import torch
     from torch.utils.data import DataLoader
 
-    from training.evaluate import batch_ranks
+    from training.evaluate import ranked_batches
     from training.masking import HistoryCollator
     from training.sequences import encode_split, eval_users
 
     collator = HistoryCollator(item_codes=tokenizer.item_codes, codebook_size=tokenizer.codebook_size,
                                max_len=model.config.max_position_embeddings)
     ranks, lengths = [], []
-    for batch in DataLoader(eval_users(encode_split(split, tokenizer)), batch_size=batch_size, collate_fn=collator):
-        ranks.append(batch_ranks(model, batch)[0])
+    batches = DataLoader(eval_users(encode_split(split, tokenizer)), batch_size=batch_size, collate_fn=collator)
+    for batch, user_ranks, _ in ranked_batches(model, batches, torch.device("cpu"), workers=torch.get_num_threads()):
+        ranks.append(user_ranks)
         lengths.append(batch["attention_mask"].sum(1))
     return torch.cat(ranks), torch.cat(lengths)
 

@@ -66,6 +66,10 @@ def test_ranks_match_a_sort_based_reference():
     kept = scores.masked_fill(exclude & (torch.arange(300) != targets[:, None]), -torch.inf)
     excluded_reference = (kept.argsort(dim=1, descending=True) == targets[:, None]).float().argmax(dim=1)
     assert torch.equal(target_ranks(scores, targets, exclude), excluded_reference)
+    original = scores.clone()
+    assert torch.equal(target_ranks(scores, targets), reference) and torch.equal(scores, original)  # left as is
+    assert torch.equal(target_ranks(scores.clone(), targets, overwrite=True), reference)
+    assert torch.equal(target_ranks(scores.clone(), targets, exclude, overwrite=True), excluded_reference)
     metrics = rank_metrics(scores, targets)
     assert torch.allclose(metrics["ndcg@10"], torch.where(reference < 10, 1 / torch.log2(reference + 2.0), 0).double())
 
@@ -109,6 +113,9 @@ def test_rank_metrics_bad_input():
 def test_infinite_scores_are_not_nan():
     scores = torch.tensor([[float("inf"), 0.0, float("-inf")]])  # the row sum is NaN, no entry is
     assert target_ranks(scores, torch.tensor([1])).tolist() == [1]
+    # an excluded item tied with a target at -inf is still not counted
+    scores = torch.tensor([[float("-inf"), float("-inf"), 1.0]])
+    assert target_ranks(scores, torch.tensor([0]), torch.tensor([[False, True, False]])).tolist() == [1]
 
 
 # -- evaluate_model with the most-popular baseline ---------------------------------------------------------------------
@@ -225,6 +232,21 @@ def test_blockwise_logit_ranks_equal_the_log_probability_ranks(monkeypatch, use_
     assert len(set(ranks.tolist())) > 1  # the histories are ranked differently: the check above can fail
     blockwise = evaluate_model(model, tiny_loader(examples, batch_size=7), exclude_history=exclude_history)
     assert blockwise == evaluate_model(ScoresOnly(model), tiny_loader(examples, batch_size=7), exclude_history=exclude_history)
+
+
+def test_ranked_batches_in_threads_keep_the_order_and_the_thread_count():
+    from training.evaluate import batch_ranks, ranked_batches
+
+    model = tiny_qbert4rec()
+    examples = [{"item_indices": [i % NUM_ITEMS, (2 * i) % NUM_ITEMS][: 1 + i % 2], "target": (i * 5) % NUM_ITEMS}
+                for i in range(23)]
+    one_by_one = [batch_ranks(model, batch)[0] for batch in tiny_loader(examples, batch_size=3)]
+    threads = torch.get_num_threads()
+    threaded = list(ranked_batches(model, tiny_loader(examples, batch_size=3), torch.device("cpu"), workers=3))
+    assert torch.get_num_threads() == threads
+    assert torch.cat([batch["targets"] for batch, _, _ in threaded]).tolist() == [e["target"] for e in examples]
+    assert all(torch.equal(ranks, expected) for (_, ranks, _), expected in zip(threaded, one_by_one, strict=True))
+    assert len({tuple(r.tolist()) for r in one_by_one}) > 1  # batches differ: a reordering would fail the check
 
 
 # -- the `evaluate` metric module --------------------------------------------------------------------------------------
