@@ -164,8 +164,8 @@ def test_history_length_breakdown_groups_users_by_length():
 
 
 def test_recbole_comparison_uses_the_in_run_figures():
-    ours = {"training": {"train": {"seconds_per_epoch": 10.0}}, "evaluation_sorted_by_length": {"seconds": 1.0},
-            "evaluation": {"seconds": 2.0}, "memory": {"peak_rss_mib": 1000.0}}
+    ours = {"training": {"train": {"seconds_per_epoch": 10.0}}, "evaluation": {"seconds": 1.0},
+            "memory": {"peak_rss_mib": 1000.0}}
     theirs = {"training": {"train": {"seconds_per_epoch": 100.0}}, "evaluation": {"seconds": 5.0},
               "memory": {"peak_rss_mib": 4000.0}}
     ratios = speed.recbole_comparison({"sasrec-ce": ours, "recbole-sasrec": theirs})
@@ -273,9 +273,7 @@ def test_speed_measures_models_on_the_tiny_slice(tiny_bench):
     measured = {name: speed.measure_model(name, args, str(data)) for name in ("sasrec-ce", "bert4rec-id")}
     for name, r in {**report["models"], **measured}.items():
         assert r["parameters"] > 0 and r["memory"]["peak_rss_mib"] >= r["memory"]["rss_before_model_mib"] > 0, name
-        assert r["evaluation"]["users"] == r["evaluation_sorted_by_length"]["users"] == 30
-        assert r["evaluation_sorted_by_length"]["test_ndcg@10_after_timed_training"] == pytest.approx(
-            r["evaluation"]["test_ndcg@10_after_timed_training"], abs=1e-4)  # the order of users changes no metric
+        assert r["evaluation"]["users"] == 30 and 0 <= r["evaluation"]["test_ndcg@10_after_timed_training"] <= 1
         assert r["throughput"]["histories"] == 30
         assert 0 < r["latency"]["model_ms"]["p50"] <= r["latency"]["model_ms"]["p95"]
         assert r["latency"]["torch_threads"] == 1

@@ -249,6 +249,20 @@ def test_ranked_batches_in_threads_keep_the_order_and_the_thread_count():
     assert len({tuple(r.tolist()) for r in one_by_one}) > 1  # batches differ: a reordering would fail the check
 
 
+def test_users_sorted_by_history_length_get_the_same_metrics():
+    from datasets import Dataset
+
+    from training.sequences import eval_users
+
+    model = tiny_qbert4rec()
+    examples = [{"item_indices": [(7 * i + j) % NUM_ITEMS for j in range(i % 4)], "target": (i * 5) % NUM_ITEMS}
+                for i in range(20)]
+    users = eval_users(Dataset.from_list(examples))
+    assert [len(u["item_indices"]) for u in users] == sorted(len(e["item_indices"]) for e in examples)
+    as_stored = evaluate_model(model, tiny_loader(examples, batch_size=3))
+    assert evaluate_model(model, tiny_loader(users, batch_size=3)) == pytest.approx(as_stored, abs=1e-12)
+
+
 # -- the `evaluate` metric module --------------------------------------------------------------------------------------
 
 

@@ -167,6 +167,32 @@ def test_blocked_catalogue_loss_equals_the_one_pass_loss_and_gradients(tok, monk
             torch.testing.assert_close(grads[name], results[0][1][name], msg=name)
 
 
+@pytest.mark.parametrize("trained", ["all", "states"])
+def test_catalogue_cross_entropy_matches_autograd(monkeypatch, trained):
+    """The fused loss's value and gradients are those of `F.cross_entropy` over the full logits, across blocks."""
+    import modeling_qbert4rec
+
+    monkeypatch.setattr(modeling_qbert4rec, "ITEM_LOSS_BLOCK", 3)  # 7 rows: blocks of 3, 3, 1
+    g = torch.Generator().manual_seed(0)
+    states, embeddings, bias = torch.randn(7, 5, generator=g), torch.randn(11, 5, generator=g), torch.randn(11, generator=g)
+    targets = torch.tensor([0, 3, 3, 10, 7, 1, 0])
+    results = []
+    for fused in (False, True):
+        leaves = [t.clone().requires_grad_(trained == "all" or i == 0) for i, t in enumerate((states, embeddings, bias))]
+        if fused:
+            loss = modeling_qbert4rec.CatalogueCrossEntropy.apply(leaves[0], targets, leaves[1], leaves[2])
+        else:
+            loss = F.cross_entropy(F.linear(leaves[0], leaves[1], leaves[2]), targets, reduction="sum")
+        (2.5 * loss).backward()  # a scaled upstream gradient reaches every input
+        results.append((loss.detach(), [t.grad for t in leaves]))
+    (reference, reference_grads), (loss, grads) = results
+    torch.testing.assert_close(loss, reference)
+    for grad, expected in zip(grads, reference_grads, strict=True):
+        assert (grad is None) == (expected is None)
+        if expected is not None:
+            torch.testing.assert_close(grad, expected)
+
+
 def test_loss_without_labelled_positions_is_zero_not_nan(tok, model):
     inputs = tester.prepare_masked_inputs(tok)
     inputs["labels"] = torch.full_like(inputs["labels"], -100)

@@ -353,7 +353,7 @@ class EvaluateArgs:
     split: str = field(default="test", metadata={"help": "validation (model selection) or test (reporting)"})
     output_file: str = field(default=None, metadata={"help": "metrics JSON (default: MODEL_DIR/metrics_<split>.json)"})
     exclude_history: bool = field(default=False, metadata={"help": "remove history items from the candidates"})
-    batch_size: int = field(default=1024, metadata={"help": "histories per batch"})
+    batch_size: int = field(default=512, metadata={"help": "histories per batch"})
 
 
 def main(argv=None) -> dict:
@@ -363,7 +363,7 @@ def main(argv=None) -> dict:
 
     from training.config import parse_args
     from training.masking import HistoryCollator
-    from training.sequences import encode_split, load_sequences
+    from training.sequences import encode_split, eval_users, load_sequences
 
     (args,) = parse_args(argv, EvaluateArgs, section="evaluate", description=main.__doc__)
     if not args.model_dir or not args.dataset_dir:
@@ -373,11 +373,11 @@ def main(argv=None) -> dict:
     model = AutoModel.from_pretrained(args.model_dir, trust_remote_code=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir, trust_remote_code=True)
     model.check_tokenizer(tokenizer)
-    split = encode_split(load_sequences(args.dataset_dir)[args.split], tokenizer).select_columns(["item_indices", "target"])
+    split = encode_split(load_sequences(args.dataset_dir)[args.split], tokenizer)
     collator = HistoryCollator(
         item_codes=tokenizer.item_codes, codebook_size=tokenizer.codebook_size, max_len=model.config.max_position_embeddings
     )
-    loader = DataLoader(split, batch_size=args.batch_size, collate_fn=collator)
+    loader = DataLoader(eval_users(split), batch_size=args.batch_size, collate_fn=collator)  # sorted by length
     metrics = evaluate_model(model, loader, exclude_history=args.exclude_history, desc=f"evaluate {args.split}")
     output = args.output_file or str(Path(args.model_dir) / f"metrics_{args.split}.json")
     save_metrics(metrics, output, split=args.split, model_dir=args.model_dir, dataset_dir=args.dataset_dir)
