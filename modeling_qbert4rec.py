@@ -104,13 +104,17 @@ class QBert4RecEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids, attention_mask, item_indices=None):
-        """`input_ids` `(B, T, L)`, `attention_mask` `(B, T)`, `item_indices` `(B, T)` -> `(B, T, H)`."""
-        embeddings = self.code_embeddings(input_ids).sum(dim=2)  # (B, T, L, H) -> (B, T, H)
-        if self.item_embeddings is not None:
-            if item_indices is None:
-                raise ValueError("this model adds item-ID embeddings (use_item_embedding=True): pass item_indices")
-            embeddings = embeddings + self.item_embeddings(item_indices)
+    def forward(self, input_ids, attention_mask, item_indices=None, inputs_embeds=None):
+        """`input_ids` `(B, T, L)`, `attention_mask` `(B, T)`, `item_indices` `(B, T)` -> `(B, T, H)`.
+        `inputs_embeds` `(B, T, H)`, when given, replaces the summed code (and item-ID) embeddings."""
+        if inputs_embeds is not None:
+            embeddings = inputs_embeds
+        else:
+            embeddings = self.code_embeddings(input_ids).sum(dim=2)  # (B, T, L, H) -> (B, T, H)
+            if self.item_embeddings is not None:
+                if item_indices is None:
+                    raise ValueError("this model adds item-ID embeddings (use_item_embedding=True): pass item_indices")
+                embeddings = embeddings + self.item_embeddings(item_indices)
         # Position 0 is the newest item; padding positions get 0 too, but they are never attended to.
         from_end = attention_mask.flip(1).cumsum(1).flip(1) - 1  # (B, T)
         position_ids = from_end.clamp(0, self.position_embeddings.num_embeddings - 1)
@@ -269,9 +273,11 @@ class QBert4RecModel(QBert4RecPreTrainedModel):
     def get_input_embeddings(self):
         return self.embeddings.code_embeddings
 
-    def forward(self, input_ids, attention_mask=None, item_indices=None, last_position_only=False, **kwargs):
+    def forward(self, input_ids, attention_mask=None, item_indices=None, last_position_only=False, inputs_embeds=None,
+                **kwargs):
         """`input_ids` `(B, T, L)` token ids, `attention_mask` `(B, T)`, `item_indices` `(B, T)` -> `BaseModelOutput`
-        with `last_hidden_state` `(B, T, H)`, or `(B, 1, H)` (the newest position only) with `last_position_only`."""
+        with `last_hidden_state` `(B, T, H)`, or `(B, 1, H)` (the newest position only) with `last_position_only`.
+        `inputs_embeds` `(B, T, H)` optionally replaces the summed code (and item-ID) embeddings of `input_ids`."""
         if input_ids.dim() != 3 or input_ids.shape[-1] != self.config.num_codebooks:
             raise ValueError(
                 f"input_ids must have shape (batch, seq_len, num_codebooks={self.config.num_codebooks}), "
@@ -284,7 +290,7 @@ class QBert4RecModel(QBert4RecPreTrainedModel):
             )
         if attention_mask is None:
             attention_mask = (input_ids[..., 0] != self.config.pad_token_id).long()
-        hidden_states = self.embeddings(input_ids, attention_mask, item_indices)
+        hidden_states = self.embeddings(input_ids, attention_mask, item_indices, inputs_embeds)
         return BaseModelOutput(last_hidden_state=self.encoder(hidden_states, attention_mask, last_position_only))
 
 
@@ -339,28 +345,53 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
         """`(num_items, num_codebooks)` token ids of every item's codes."""
         return self.item_codes + self._level_offsets()
 
+    def _cached(self, name, sources, build):
+        """`build()`, a table made from the tensors `sources`, cached while no gradient is taken until one of them
+        changes (another storage, or an in-place update such as an optimiser step)."""
+        cacheable = not torch.is_grad_enabled() and not any(t.is_inference() for t in sources)
+        key = tuple((t.data_ptr(), t._version) for t in sources) if cacheable else None
+        cached = getattr(self, f"_cached_{name}", None)
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        table = build()
+        setattr(self, f"_cached_{name}", (key, table) if key is not None else None)
+        return table
+
     def _item_table(self):
         """Each item's output embedding `(num_items, H)` and bias `(num_items,)`: its summed code embeddings (plus its
         item-ID embedding with `score_item_embedding`) and summed code biases.
 
-        Without gradients (inference) the table is cached until a tensor it is built from changes (another storage, or
-        an in-place update such as an optimiser step): building it is half of a batch-1 `recommend` call on CPU."""
+        Cached for inference (`_cached`): building it is half of a batch-1 `recommend` call on CPU."""
         embeddings = self.qbert4rec.embeddings
         sources = [embeddings.code_embeddings.weight, self.head.bias, self.item_codes]
         if self.config.score_item_embedding:
             sources.append(embeddings.item_embeddings.weight)
-        cacheable = not torch.is_grad_enabled() and not any(t.is_inference() for t in sources)
-        key = tuple((t.data_ptr(), t._version) for t in sources) if cacheable else None
-        cached = getattr(self, "_cached_item_table", None)
-        if key is not None and cached is not None and cached[0] == key:
-            return cached[1]
-        item_embeddings = embeddings.code_embeddings(self.item_token_ids).sum(1)  # (num_items, L, H) -> (num_items, H)
-        if self.config.score_item_embedding:
-            item_embeddings = item_embeddings + embeddings.item_embeddings.weight[: self.config.num_items]
-        levels = torch.arange(self.config.num_codebooks, device=self.item_codes.device)
-        table = item_embeddings, self.head.bias[levels, self.item_codes].sum(1)
-        self._cached_item_table = (key, table) if key is not None else None
-        return table
+
+        def build():
+            item_embeddings = embeddings.code_embeddings(self.item_token_ids).sum(1)  # (num_items, L, H) -> (num_items, H)
+            if self.config.score_item_embedding:
+                item_embeddings = item_embeddings + embeddings.item_embeddings.weight[: self.config.num_items]
+            levels = torch.arange(self.config.num_codebooks, device=self.item_codes.device)
+            return item_embeddings, self.head.bias[levels, self.item_codes].sum(1)
+
+        return self._cached("item_table", sources, build)
+
+    def _input_table(self):
+        """Each item's input embedding `(num_items + 2, H)` (the last two rows: padding and `[MASK]`): its summed code
+        embeddings, plus its item-ID embedding with `use_item_embedding`. Inference looks a history up in it, one row
+        per position, instead of summing `num_codebooks` code embeddings per position. Cached like `_item_table`."""
+        embeddings = self.qbert4rec.embeddings
+        sources = [embeddings.code_embeddings.weight, self.item_codes]
+        if self.config.use_item_embedding:
+            sources.append(embeddings.item_embeddings.weight)
+
+        def build():
+            specials = self.item_codes.new_tensor([[self.config.pad_token_id], [self.config.mask_token_id]])
+            tokens = torch.cat([self.item_token_ids, specials.expand(2, self.config.num_codebooks)])  # (num_items + 2, L)
+            table = embeddings.code_embeddings(tokens).sum(1)
+            return table + embeddings.item_embeddings.weight if self.config.use_item_embedding else table
+
+        return self._cached("input_table", sources, build)
 
     def _item_cross_entropy(self, states, target_items):
         """Mean catalogue cross-entropy of states `(M, H)` against item indices `(M,)` (-100 ignored).
@@ -464,7 +495,11 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
             attention_mask = self._left_padded_mask(input_ids, attention_mask)
         else:  # bidirectional: predict at a [MASK] after the history
             input_ids, attention_mask, item_indices = self._append_mask(input_ids, attention_mask, item_indices)
-        hidden = self.qbert4rec(input_ids, attention_mask, item_indices, last_position_only=True).last_hidden_state[:, -1]  # (B, H)
+        # Inference reads the summed embeddings of each item from one table (the same values, fewer lookups).
+        lookup = item_indices is not None and not torch.is_grad_enabled()
+        inputs_embeds = self._input_table()[item_indices] if lookup else None  # (B, T, H)
+        hidden = self.qbert4rec(input_ids, attention_mask, item_indices, last_position_only=True,
+                                inputs_embeds=inputs_embeds).last_hidden_state[:, -1]  # (B, H)
         return self.head.transform(hidden)  # (B, H)
 
     def item_logits(self, states):

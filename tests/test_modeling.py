@@ -400,6 +400,25 @@ def test_cached_item_table_follows_every_weight_change(tok, score_item_embedding
         assert not torch.allclose(model.score_items(**inputs), before_load)
 
 
+@pytest.mark.parametrize("use_item_embedding", [False, True])
+def test_inference_input_table_gives_the_encoder_the_same_embeddings(tok, use_item_embedding):
+    """Without gradients, histories are looked up in the cached input table; the states are those of the code sums,
+    and follow an in-place weight change."""
+    model = tester.get_model(tok, use_item_embedding=use_item_embedding).eval()
+    inputs = tester.prepare_inputs(tok)  # left-padded histories of different lengths
+    assert (inputs["attention_mask"] == 0).any()
+    with torch.enable_grad():
+        summed = model.history_states(**inputs).detach()  # the per-position code sums
+    with torch.no_grad():
+        torch.testing.assert_close(model.history_states(**inputs), summed)
+        assert model._input_table() is model._input_table()  # cached
+        model.qbert4rec.embeddings.code_embeddings.weight.mul_(2.0)
+        with torch.enable_grad():
+            changed = model.history_states(**inputs).detach()
+        assert not torch.allclose(changed, summed)
+        torch.testing.assert_close(model.history_states(**inputs), changed)
+
+
 def test_recommend_ranks_by_score_and_respects_top_k(tok, model):
     inputs = tester.prepare_inputs(tok)
     scores = model.score_items(**inputs)
