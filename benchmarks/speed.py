@@ -8,7 +8,8 @@ its own child process so that peak memory is the model's own:
 - training: sequences per second and seconds per epoch of each training phase (Q-Bert4Rec and BERT4Rec-ID:
   pretraining over the training sequences, then next-item fine-tuning over every prefix; SASRec-CE: next item at every
   position), with the config's batch sizes and learning rates; `--train_batches N` times N batches and extrapolates;
-- evaluation: seconds to rank all items for every test user (full ranking, `training.evaluate.evaluate_model`);
+- evaluation: seconds to rank all items for every test user (full ranking, `training.evaluate.evaluate_model`),
+  the median of `--eval_repeats` runs;
 - latency: `model.recommend(top_k=10)` on one history (batch 1), p50 / p95 over `--latency_calls` calls after
   `--warmup_calls`, model alone and with the tokenizer, with `--latency_threads` torch threads (default 1);
   batched throughput (histories per second) with the training threads;
@@ -70,6 +71,7 @@ class SpeedArgs:
     latency_calls: int = field(default=200, metadata={"help": "timed batch-1 recommend calls"})
     warmup_calls: int = field(default=20, metadata={"help": "untimed calls before timing"})
     throughput_batch_size: int = field(default=256, metadata={"help": "histories per batched recommend call"})
+    eval_repeats: int = field(default=3, metadata={"help": "timed evaluations of all users (the median is reported)"})
     eval_batch_size: int = field(default=512, metadata={"help": "histories per batch of the full evaluation (as LoopArgs)"})
     threads: int = field(default=0, metadata={"help": "torch intra-op threads for training and evaluation (0: torch's default)"})
     latency_threads: int = field(
@@ -212,11 +214,11 @@ def time_training(model, dataset, collator, loop_args, max_batches: int, seed: i
     }
 
 
-def time_evaluation(model, tokenizer, test, batch_size: int) -> dict:
+def time_evaluation(model, tokenizer, test, batch_size: int, repeats: int = 3) -> dict:
     """Seconds to rank all items for every user of `test` (full ranking, batched, collation included), as
     `training.sequences.eval_loader` and `evaluate.py` batch them: users sorted by history length, so that batches
     (padded to their longest history) pad little. The timed part starts from the Arrow dataset: reading it, sorting,
-    collation, scoring and metrics."""
+    collation, scoring and metrics. `seconds` is the median of `repeats` timed runs (all of them in `runs`)."""
     from torch.utils.data import DataLoader
 
     from training.evaluate import evaluate_model
@@ -229,11 +231,15 @@ def time_evaluation(model, tokenizer, test, batch_size: int) -> dict:
     warm_up = eval_users(test.select(range(min(batch_size, len(test)))))
     with evaluation_allocator():  # as the training loop's validation (and an uncapped evaluate.py) runs
         evaluate_model(model, DataLoader(warm_up, batch_size=batch_size, collate_fn=collator), desc="warm-up")
-        start = time.perf_counter()
-        users = eval_users(test)
-        metrics = evaluate_model(model, DataLoader(users, batch_size=batch_size, collate_fn=collator), desc="evaluate all users")
-        seconds = time.perf_counter() - start
+        runs = []
+        for _ in range(max(1, repeats)):
+            start = time.perf_counter()
+            users = eval_users(test)
+            metrics = evaluate_model(model, DataLoader(users, batch_size=batch_size, collate_fn=collator), desc="evaluate all users")
+            runs.append(time.perf_counter() - start)
+    seconds = percentile(runs, 50)
     return {"users": metrics["num_users"], "items": metrics["num_items"], "seconds": round(seconds, 3),
+            "runs": [round(r, 3) for r in runs],
             "users_per_second": round(metrics["num_users"] / seconds, 1), "batch_size": batch_size,
             "test_ndcg@10_after_timed_training": round(metrics["ndcg@10"], 4)}
 
@@ -341,7 +347,7 @@ def measure_model(name: str, args: SpeedArgs, dataset_dir: str) -> dict:
     if args.max_users:
         test = test.select(range(min(args.max_users, len(test))))
     encoded = encode_split(test, tokenizer).select_columns(["item_indices", "target"])
-    result["evaluation"] = time_evaluation(model, tokenizer, encoded, args.eval_batch_size)
+    result["evaluation"] = time_evaluation(model, tokenizer, encoded, args.eval_batch_size, args.eval_repeats)
     histories = [list(h) for h in test["item_ids"]]
     result["throughput"] = time_throughput(model, tokenizer, histories, args.throughput_batch_size)
     result["torch_threads"] = threads = torch.get_num_threads()
@@ -421,7 +427,7 @@ def markdown_report(report: dict) -> str:
         f"Dataset: {report['dataset']['users']:,} test users, {report['dataset']['items']:,} items. Models trained only "
         f"for the timed batches ({report['training_note']}); latency and throughput do not depend on the weights.",
         "",
-        "| model | params | training phase: seq/s, s/epoch | eval all users (s) | "
+        "| model | params | training phase: seq/s, s/epoch | eval all users (s): median (range) | "
         f"recommend p50 / p95 ms (batch 1, {report['settings']['latency_threads'] or 'default'} thread(s)) | "
         "+ tokenizer p50 ms | batched hist/s | peak RSS MiB |",
         "|---|---|---|---|---|---|---|---|",
@@ -438,7 +444,8 @@ def markdown_report(report: dict) -> str:
             continue
         lat = r["latency"]
         lines.append(
-            f"| {name} | {r['parameters']:,} | {phases} | {r['evaluation']['seconds']:.2f} | {lat['model_ms']['p50']:.2f} / "
+            f"| {name} | {r['parameters']:,} | {phases} | {r['evaluation']['seconds']:.2f} "
+            f"({min(r['evaluation']['runs']):.2f}-{max(r['evaluation']['runs']):.2f}) | {lat['model_ms']['p50']:.2f} / "
             f"{lat['model_ms']['p95']:.2f} | {lat['tokenizer_and_model_ms']['p50']:.2f} | "
             f"{r['throughput']['histories_per_second']:,.0f} | {r['memory']['peak_rss_mib']:,.0f} |"
         )

@@ -274,6 +274,7 @@ def test_speed_measures_models_on_the_tiny_slice(tiny_bench):
     for name, r in {**report["models"], **measured}.items():
         assert r["parameters"] > 0 and r["memory"]["peak_rss_mib"] >= r["memory"]["rss_before_model_mib"] > 0, name
         assert r["evaluation"]["users"] == 30 and 0 <= r["evaluation"]["test_ndcg@10_after_timed_training"] <= 1
+        assert len(r["evaluation"]["runs"]) == 3 and r["evaluation"]["seconds"] == sorted(r["evaluation"]["runs"])[1]
         assert r["throughput"]["histories"] == 30
         assert 0 < r["latency"]["model_ms"]["p50"] <= r["latency"]["model_ms"]["p95"]
         assert r["latency"]["torch_threads"] == 1
