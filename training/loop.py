@@ -73,8 +73,9 @@ def evaluation_allocator():
     """Evaluate under glibc's mmap threshold of an uncapped process (32 MiB), then return to the training cap and trim
     the heap.
 
-    Under the 4 MiB cap an evaluation batch's activations (512 histories: 26 MB per FFN tensor) are mapped and
-    page-faulted afresh each time: all Beauty users took 1.21 s against 0.93-1.05 s uncapped. Training's memory is
+    Under the 4 MiB cap (which also fixes glibc's trim threshold at 128 KiB) an evaluation batch's large activations
+    (512 histories: up to 26 MB per FFN tensor) are mapped, or trimmed off the heap, and page-faulted afresh each
+    time: all Beauty users took 1.21 s against 0.93-1.05 s uncapped (`speed.py`). Training's memory is
     not touched: the cap is back before the next batch, and the trim returns what evaluation left in the heap."""
     capped = cap_mmap_threshold(EVALUATION_MMAP_THRESHOLD)
     try:
