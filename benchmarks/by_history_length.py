@@ -5,7 +5,9 @@
 
 Same protocol as training/evaluate.py (full ranking over all items, history items kept); users are grouped by the
 length of the history the model sees (the test history is the validation history plus the validation item). Shows
-where two models with the same overall figure differ. Writes `RESULTS_DIR/by_history_length.json` and `.md`.
+where two models with the same overall figure differ. Two probes of validation follow: the same users without the
+oldest history item (is a history that is exactly a training sequence easier?) and without the newest one (how
+much does the model lean on the last transition?). Writes `RESULTS_DIR/by_history_length.json` and `.md`.
 """
 
 import sys
@@ -37,6 +39,16 @@ def parse_checkpoints(text: str) -> dict[str, str]:
 
 def bucket_name(low: int, high: int | None) -> str:
     return f"{low}-{high}" if high is not None else f"{low}+"
+
+
+def without_history_item(split, position: int):
+    """The users of `split` with at least 2 history items, each history without its item at `position` (0: the
+    oldest, -1: the newest); the targets stay."""
+    if position not in (0, -1):
+        raise ValueError(f"position must be 0 (oldest) or -1 (newest), got {position}")
+    kept = split.filter(lambda row: len(row["item_ids"]) >= 2, desc="histories of >= 2 items")
+    return kept.map(lambda row: {"item_ids": row["item_ids"][1:] if position == 0 else row["item_ids"][:-1]},
+                    desc="history item dropped")
 
 
 def ranks_and_lengths(model, tokenizer, split, batch_size: int):
@@ -105,8 +117,12 @@ def main(argv=None) -> dict:
     for name, folder in checkpoints.items():
         model = QBert4RecForMaskedItemModeling.from_pretrained(folder).eval()
         tokenizer = SemanticIdTokenizer.from_pretrained(folder)
-        report["models"][name] = {split: breakdown(*ranks_and_lengths(model, tokenizer, sequences[split], args.batch_size))
-                                  for split in ("validation", "test")}
+        splits = {"validation": sequences["validation"],
+                  "validation without the oldest item": without_history_item(sequences["validation"], 0),
+                  "validation without the newest item": without_history_item(sequences["validation"], -1),
+                  "test": sequences["test"]}
+        report["models"][name] = {label: breakdown(*ranks_and_lengths(model, tokenizer, split, args.batch_size))
+                                  for label, split in splits.items()}
     write_report(args.results_dir, "by_history_length", report, markdown_table(report))
     print(markdown_table(report))
     return report

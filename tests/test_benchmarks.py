@@ -358,7 +358,22 @@ def test_history_length_breakdown_of_trained_checkpoints_matches_their_test_metr
         test = report["models"][name]["test"]
         assert test["all"]["ndcg@10"] == pytest.approx(run["test"]["ndcg@10"], abs=1e-6), name  # the same evaluation
         assert sum(test[b]["users"] for b in report["buckets"]) == test["all"]["users"] == 30
+    validation, oldest, newest = (report["models"]["qbert4rec"][split] for split in (
+        "validation", "validation without the oldest item", "validation without the newest item"))
+    assert oldest["all"]["users"] == newest["all"]["users"] == validation["all"]["users"]  # tiny histories have >= 2
     assert "| qbert4rec | validation |" in (tmp_path / "by_history_length.md").read_text()
+
+
+def test_without_history_item_drops_the_oldest_or_newest_and_keeps_the_target():
+    from datasets import Dataset
+
+    split = Dataset.from_dict({"user_id": ["a", "b"], "item_ids": [["x", "y", "z"], ["w"]], "target": ["t", "u"]})
+    oldest = by_history_length.without_history_item(split, 0)
+    newest = by_history_length.without_history_item(split, -1)
+    assert oldest["item_ids"] == [["y", "z"]] and newest["item_ids"] == [["x", "y"]]  # "b" has one item only: left out
+    assert oldest["target"] == newest["target"] == ["t"]
+    with pytest.raises(ValueError, match="position must be 0"):
+        by_history_length.without_history_item(split, 1)
 
 
 def test_time_to_quality_trains_each_model_within_its_budget(tiny_bench):
