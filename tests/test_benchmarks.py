@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is scripts, not an installed package
 
-from benchmarks import accuracy, allocator, by_history_length, recbole_baselines, speed, time_to_quality  # noqa: E402
+from benchmarks import accuracy, allocator, breakdowns, recbole_baselines, speed, time_to_quality  # noqa: E402
 from benchmarks.baselines import build_id_model, id_tokenizer  # noqa: E402
 from training.config import default_data_dir, parse_args  # noqa: E402
 from training.pretrain import ModelArgs  # noqa: E402
@@ -152,15 +152,18 @@ def test_command_lines_reject_bad_arguments(tmp_path):
         recbole_baselines.recbole_settings("recbole-gru4rec", tmp_path, {}, seed=0)
 
 
-def test_history_length_breakdown_groups_users_by_length():
-    groups = by_history_length.breakdown(torch.tensor([0, 1, 20]), torch.tensor([1, 5, 25]))
+def test_breakdown_groups_users_by_length_or_by_target_count():
+    groups = breakdowns.breakdown(torch.tensor([0, 1, 20]), torch.tensor([1, 5, 25]))
     assert groups["all"] == {"users": 3, "ndcg@10": pytest.approx((1 + 1 / torch.log2(torch.tensor(3.0)).item()) / 3),
                              "recall@10": pytest.approx(2 / 3)}
     assert (groups["1-4"]["ndcg@10"], groups["5-6"]["recall@10"], groups["20+"]["ndcg@10"]) == (1.0, 1.0, 0.0)
     assert groups["7-9"] == {"users": 0, "ndcg@10": None, "recall@10": None}
-    assert by_history_length.parse_checkpoints("a=x,b=y=z") == {"a": "x", "b": "y=z"}
+    by_count = breakdowns.breakdown(torch.tensor([0, 1, 20]), torch.tensor([0, 0, 60]), breakdowns.POPULARITY_BUCKETS)
+    assert (by_count["all"]["users"], by_count["0"]["users"], by_count["0"]["recall@10"], by_count["50+"]["ndcg@10"]) == (3, 2, 1.0, 0.0)
+    assert by_count["1-4"]["users"] == 0
+    assert breakdowns.parse_checkpoints("a=x,b=y=z") == {"a": "x", "b": "y=z"}
     with pytest.raises(ValueError, match="NAME=FOLDER"):
-        by_history_length.parse_checkpoints("just/a/folder")
+        breakdowns.parse_checkpoints("just/a/folder")
 
 
 def test_recbole_comparison_uses_the_in_run_figures():
@@ -345,35 +348,37 @@ def test_speed_runs_recbole_in_the_same_run(tiny_bench):
     assert "| recbole-bert4rec |" in (root / "results-recbole" / "speed.md").read_text()
 
 
-def test_history_length_breakdown_of_trained_checkpoints_matches_their_test_metrics(tiny_bench, tmp_path):
+def test_breakdowns_of_trained_checkpoints_match_their_test_metrics(tiny_bench, tmp_path):
     root, _, results = tiny_bench
     data = next((root / "out").glob("beauty/stages-*/pipeline/data"))
     qbert = results["rows"]["qbert4rec"]["seeds"]["0"]
     sasrec = results["rows"]["sasrec-ce"]["seeds"]["0"]
     checkpoints = {"qbert4rec": next(Path(qbert["output_dir"]).glob("finetune-*/best")),
                    "sasrec-ce": Path(sasrec["output_dir"]) / "pretrain" / "best"}
-    report = by_history_length.main(["--dataset_dir", str(data), "--results_dir", str(tmp_path), "--checkpoints",
+    report = breakdowns.main(["--dataset_dir", str(data), "--results_dir", str(tmp_path), "--checkpoints",
                                      ",".join(f"{name}={path}" for name, path in checkpoints.items())])
     for name, run in (("qbert4rec", qbert), ("sasrec-ce", sasrec)):
-        test = report["models"][name]["test"]
-        assert test["all"]["ndcg@10"] == pytest.approx(run["test"]["ndcg@10"], abs=1e-6), name  # the same evaluation
-        assert sum(test[b]["users"] for b in report["buckets"]) == test["all"]["users"] == 30
-    validation, oldest, newest = (report["models"]["qbert4rec"][split] for split in (
+        for grouping, buckets in report["buckets"].items():
+            test = report["models"][name]["test"][grouping]
+            assert test["all"]["ndcg@10"] == pytest.approx(run["test"]["ndcg@10"], abs=1e-6), name  # the same evaluation
+            assert sum(test[b]["users"] for b in buckets) == test["all"]["users"] == 30
+    validation, oldest, newest = (report["models"]["qbert4rec"][split]["history length"] for split in (
         "validation", "validation without the oldest item", "validation without the newest item"))
     assert oldest["all"]["users"] == newest["all"]["users"] == validation["all"]["users"]  # tiny histories have >= 2
-    assert "| qbert4rec | validation |" in (tmp_path / "by_history_length.md").read_text()
+    table = (tmp_path / "breakdowns.md").read_text()
+    assert "## By target's training count" in table and "| qbert4rec | validation |" in table
 
 
 def test_without_history_item_drops_the_oldest_or_newest_and_keeps_the_target():
     from datasets import Dataset
 
     split = Dataset.from_dict({"user_id": ["a", "b"], "item_ids": [["x", "y", "z"], ["w"]], "target": ["t", "u"]})
-    oldest = by_history_length.without_history_item(split, 0)
-    newest = by_history_length.without_history_item(split, -1)
+    oldest = breakdowns.without_history_item(split, 0)
+    newest = breakdowns.without_history_item(split, -1)
     assert oldest["item_ids"] == [["y", "z"]] and newest["item_ids"] == [["x", "y"]]  # "b" has one item only: left out
     assert oldest["target"] == newest["target"] == ["t"]
     with pytest.raises(ValueError, match="position must be 0"):
-        by_history_length.without_history_item(split, 1)
+        breakdowns.without_history_item(split, 1)
 
 
 def test_time_to_quality_trains_each_model_within_its_budget(tiny_bench):
