@@ -356,7 +356,7 @@ def test_breakdowns_of_trained_checkpoints_match_their_test_metrics(tiny_bench, 
     checkpoints = {"qbert4rec": next(Path(qbert["output_dir"]).glob("finetune-*/best")),
                    "sasrec-ce": Path(sasrec["output_dir"]) / "pretrain" / "best"}
     report = breakdowns.main(["--dataset_dir", str(data), "--results_dir", str(tmp_path), "--checkpoints",
-                                     ",".join(f"{name}={path}" for name, path in checkpoints.items())])
+                              ",".join(f"{name}={path}" for name, path in checkpoints.items())])
     for name, run in (("qbert4rec", qbert), ("sasrec-ce", sasrec)):
         for grouping, buckets in report["buckets"].items():
             test = report["models"][name]["test"][grouping]
@@ -367,6 +367,14 @@ def test_breakdowns_of_trained_checkpoints_match_their_test_metrics(tiny_bench, 
     assert oldest["all"]["users"] == newest["all"]["users"] == validation["all"]["users"]  # tiny histories have >= 2
     table = (tmp_path / "breakdowns.md").read_text()
     assert "## By target's training count" in table and "| qbert4rec | validation |" in table
+
+
+def test_training_counts_count_each_items_occurrences_in_the_training_sequences():
+    from datasets import Dataset
+
+    tokenizer = id_tokenizer(["a", "b", "c"], max_len=5)
+    train = Dataset.from_dict({"user_id": ["u", "v"], "item_ids": [["a", "b", "b"], ["b"]]})
+    assert breakdowns.training_counts(train, tokenizer).tolist() == [1, 3, 0]
 
 
 def test_without_history_item_drops_the_oldest_or_newest_and_keeps_the_target():
