@@ -147,8 +147,9 @@ def main(argv=None) -> dict:
         report["models"][name] = {}
         for label, split in splits.items():
             ranks, lengths, targets = ranks_lengths_targets(model, tokenizer, split, args.batch_size)
-            report["models"][name][label] = {"history length": breakdown(ranks, lengths, LENGTH_BUCKETS),
-                                             "target's training count": breakdown(ranks, counts[targets], POPULARITY_BUCKETS)}
+            values = {"history length": lengths, "target's training count": counts[targets]}
+            report["models"][name][label] = {grouping: breakdown(ranks, values[grouping], buckets)
+                                             for grouping, (_, buckets) in GROUPINGS.items()}
     write_report(args.results_dir, "breakdowns", report, markdown_table(report))
     print(markdown_table(report))
     return report
