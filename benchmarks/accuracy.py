@@ -27,8 +27,8 @@ Ablation rows (first seed only), each one change to `qbert4rec`:
 
 Writes `RESULTS_DIR/<dataset>.json` (every run: all metrics, training seconds, validation NDCG@10 per epoch; the
 command line and machine), `RESULTS_DIR/<dataset>.md` (the table) and two PNGs (validation N@10 per epoch per row;
-test N@10 and R@10 per row). Restartable: a (row, seed) already in the JSON with the same settings (config file content and
-training flags) is skipped, a finished stage is not run again, and an interrupted one resumes from its last
+test N@10 and R@10 per row). Restartable: a (row, seed) already in the JSON with the same settings (the config
+settings that row reads, see `row_settings`, and the training flags) is skipped, a finished stage is not run again, and an interrupted one resumes from its last
 checkpoint. `--quick` writes `<dataset>-quick.*` instead. A failed run is recorded as the row's `error` and the
 others go on (`--fail_fast true` stops instead).
 """
@@ -360,13 +360,16 @@ def summarise(seed_records: dict) -> dict:
     return out
 
 
-def load_results(path: Path, settings_sha256: str) -> dict:
-    """The results JSON, without records made with other settings (those rows run again)."""
+def load_results(path: Path, settings_sha256: dict) -> dict:
+    """The results JSON, without records made with other settings (those rows run again).
+
+    `settings_sha256` maps a row name to the sha its runs must have been made with (`settings_hash`)."""
     if not path.is_file():
         return {"rows": {}}
     results = json.loads(path.read_text())
     for name, row in results.get("rows", {}).items():
-        stale = [s for s, r in row.get("seeds", {}).items() if r.get("settings_sha256") != settings_sha256]
+        wanted = settings_sha256.get(name)
+        stale = [s for s, r in row.get("seeds", {}).items() if r.get("settings_sha256") != wanted]
         for seed in stale:
             print(f"[accuracy] {name} seed {seed}: made with other settings, will run again")
             del row["seeds"][seed]
@@ -420,7 +423,7 @@ def markdown_table(results: dict) -> str:
                   + "; ".join(f"{k} {r:.4f} / {n:.4f}" for k, (r, n) in BEAUTY_ANCHORS.items()) + "."]
     lines += [
         "",
-        f"Config: `{results['config_file']}` (settings sha256 {results['settings_sha256'][:12]}).",
+        f"Config: `{results['config_file']}` (settings sha256 of `qbert4rec`: {results['settings_sha256']['qbert4rec'][:12]}).",
         f"Command: `{results['command']}`",
         machine_line(machine),
         "",
@@ -498,7 +501,8 @@ def merge_runs_from_disk(results: dict, path: Path) -> None:
     if not path.is_file():
         return
     for name, row in json.loads(path.read_text()).get("rows", {}).items():
-        theirs = {s: r for s, r in row.get("seeds", {}).items() if r.get("settings_sha256") == results["settings_sha256"]}
+        wanted = results["settings_sha256"].get(name)
+        theirs = {s: r for s, r in row.get("seeds", {}).items() if r.get("settings_sha256") == wanted}
         mine = results["rows"].get(name)
         if mine is None and theirs:
             mine = results["rows"][name] = {k: v for k, v in row.items() if k not in ("seeds", "summary", "error")}
@@ -531,10 +535,32 @@ def write_reports(results: dict, results_dir: Path) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def settings_hash(config_path: str, args: AccuracyArgs) -> str:
-    """sha256 of what makes a result: the config file's content and the flags that change training."""
-    content = Path(config_path).read_bytes()
-    return hashlib.sha256(content + json.dumps(training_flags(args)).encode()).hexdigest()
+# Pretraining settings the ID baselines do not read: `build_id_model` fixes the semantic-ID model's keys, and
+# `id_collator` masks with cloze alone (`bert4rec-id`) or not at all (`sasrec-ce`).
+ID_MODEL_IGNORED = ("use_item_embedding", "score_item_embedding", "loss_type", "cloze_prob", "span_prob", "tail_prob",
+                    "multi_region_prob", "span_ratio", "tail_ratio", "multi_region_ratio", "num_regions")
+SASREC_IGNORED = (*ID_MODEL_IGNORED, "cloze_ratio")
+
+
+def row_settings(config: dict, row: Row) -> dict:
+    """The config settings the runs of `row` read: tuning Q-Bert4Rec leaves the baselines' results valid.
+
+    `most-popular` reads the data; the ID baselines the data and their training (not stages 1-2, not the keys above;
+    `sasrec-ce` is not fine-tuned); the Q-Bert4Rec rows the whole config but the pretraining keys their flags set."""
+    pretrain_settings = config.get("pretrain") or {}
+    if row.kind == "most-popular":
+        return {"data": config.get("data")}
+    if row.kind in ("bert4rec-id", "sasrec-ce"):
+        ignored = SASREC_IGNORED if row.kind == "sasrec-ce" else ID_MODEL_IGNORED
+        settings = {"data": config.get("data"), "pretrain": {k: v for k, v in pretrain_settings.items() if k not in ignored}}
+        return settings if row.kind == "sasrec-ce" else {**settings, "finetune": config.get("finetune")}
+    flagged = {flag[2:] for flag in row.pretrain_flags if flag.startswith("--")}
+    return {**config, "pretrain": {k: v for k, v in pretrain_settings.items() if k not in flagged}}
+
+
+def settings_hash(config: dict, row: Row, args: AccuracyArgs) -> str:
+    """sha256 of what makes a result of `row`: the config settings it reads and the flags that change training."""
+    return hashlib.sha256(json.dumps([row_settings(config, row), training_flags(args)], sort_keys=True).encode()).hexdigest()
 
 
 def training_flags(args: AccuracyArgs) -> list:
@@ -570,7 +596,8 @@ def main(argv=None) -> dict:
                              f"known: {', '.join(r.name for r in rows)}")
         rows = [r for r in rows if r.name in wanted]
 
-    settings = settings_hash(config_path, args)
+    config = load_yaml(config_path)
+    settings = {row.name: settings_hash(config, row, args) for row in plan_rows("all", model_args.use_item_embedding)}
     stem = args.dataset + ("-quick" if args.quick else "")
     results_dir = Path(args.results_dir)
     results = load_results(results_dir / f"{stem}.json", settings)
@@ -607,7 +634,7 @@ def main(argv=None) -> dict:
                 failures.append((row.name, seed, traceback.format_exc()))
                 print(f"[accuracy] {row.name} seed {seed} FAILED: {record['error']}")
                 break
-            run.update(seed=seed, settings_sha256=settings, finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+            run.update(seed=seed, settings_sha256=settings[row.name], finished=time.strftime("%Y-%m-%d %H:%M:%S"))
             record["seeds"][str(seed)] = run
             record["summary"] = summarise(record["seeds"])
             results["num_items"] = run["test"].get("num_items", results.get("num_items"))

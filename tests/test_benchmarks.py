@@ -90,12 +90,34 @@ def test_write_text_embeddings_averages_real_vectors(tmp_path):
 def test_load_results_drops_records_of_other_settings(tmp_path):
     path = tmp_path / "beauty.json"
     record = {"test": {m: 0.1 for m in accuracy.METRICS}, "train_seconds": 1.0}
-    path.write_text(json.dumps({"rows": {"sasrec-ce": {"seeds": {"0": {**record, "settings_sha256": "old"},
-                                                                 "1": {**record, "settings_sha256": "new"}}}}}))
-    results = accuracy.load_results(path, "new")
+    seeds = {"0": {**record, "settings_sha256": "old"}, "1": {**record, "settings_sha256": "new"}}
+    path.write_text(json.dumps({"rows": {"sasrec-ce": {"kind": "sasrec-ce", "seeds": seeds}}}))
+    results = accuracy.load_results(path, {"sasrec-ce": "new"})
     assert list(results["rows"]["sasrec-ce"]["seeds"]) == ["1"]
     assert results["rows"]["sasrec-ce"]["summary"]["n"] == 1
-    assert accuracy.load_results(tmp_path / "absent.json", "new") == {"rows": {}}
+    assert accuracy.load_results(tmp_path / "absent.json", {"sasrec-ce": "new"}) == {"rows": {}}
+
+
+def test_each_row_is_keyed_by_the_settings_it_reads():
+    args = accuracy.AccuracyArgs(dataset="beauty")
+    config = {"data": {"source": "s3rec"}, "quantize": {"codebook_size": 256},
+              "pretrain": {"hidden_size": 64, "loss_type": "codes+items", "cloze_ratio": 0.5, "span_prob": 0.2},
+              "finetune": {"num_epochs": 12}}
+    rows = {row.name: row for row in accuracy.plan_rows("all", item_embedding_in_config=True)}
+    names = ("most-popular", "bert4rec-id", "sasrec-ce", "qbert4rec", "qbert4rec/cross-domain")
+
+    def changed(section, key, value):
+        edited = {**config, section: {**config[section], key: value}}
+        return {n for n in names if accuracy.settings_hash(edited, rows[n], args) != accuracy.settings_hash(config, rows[n], args)}
+
+    # cross-domain pretrains with `--loss_type codes`, whatever the config says
+    assert changed("pretrain", "loss_type", "items") == {"qbert4rec"}
+    assert changed("pretrain", "span_prob", 0.0) == {"qbert4rec", "qbert4rec/cross-domain"}
+    assert changed("quantize", "codebook_size", 128) == {"qbert4rec", "qbert4rec/cross-domain"}
+    assert changed("pretrain", "cloze_ratio", 0.2) == {"bert4rec-id", "qbert4rec", "qbert4rec/cross-domain"}
+    assert changed("finetune", "num_epochs", 6) == {"bert4rec-id", "qbert4rec", "qbert4rec/cross-domain"}
+    assert changed("pretrain", "hidden_size", 32) == {"bert4rec-id", "sasrec-ce", "qbert4rec", "qbert4rec/cross-domain"}
+    assert changed("data", "source", "lcrec") == set(names)
 
 
 def test_runs_written_by_another_process_are_merged_not_lost(tmp_path):
@@ -106,7 +128,7 @@ def test_runs_written_by_another_process_are_merged_not_lost(tmp_path):
         "sasrec-ce": {"kind": "sasrec-ce", "seeds": {"1": record}},
         "qbert4rec": {"kind": "qbert4rec", "seeds": {"0": record, "9": {**record, "settings_sha256": "old"}}},
     }}))
-    ours = {"settings_sha256": "new", "rows": {"sasrec-ce": {"kind": "sasrec-ce", "seeds": {"0": record}}}}
+    ours = {"settings_sha256": {"sasrec-ce": "new", "qbert4rec": "new"}, "rows": {"sasrec-ce": {"kind": "sasrec-ce", "seeds": {"0": record}}}}
     accuracy.merge_runs_from_disk(ours, path)
     assert sorted(ours["rows"]["sasrec-ce"]["seeds"]) == ["0", "1"] and ours["rows"]["sasrec-ce"]["summary"]["n"] == 2
     assert list(ours["rows"]["qbert4rec"]["seeds"]) == ["0"] and ours["rows"]["qbert4rec"]["kind"] == "qbert4rec"
