@@ -49,7 +49,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.baselines import CANDIDATES, machine_info, machine_line, most_popular, stage_done, train_id_model  # noqa: E402
-from benchmarks.baselines import seconds_to_selected_epoch, validation_history, write_stage_record  # noqa: E402
+from benchmarks.baselines import ID_MODEL_FIXED, seconds_to_selected_epoch, validation_history, write_stage_record  # noqa: E402
 from training import finetune, inject, pipeline, pretrain, quantize  # noqa: E402
 from training.config import default_data_dir, load_yaml, parse_args  # noqa: E402
 from training.data import DEFAULT_INPUTS  # noqa: E402
@@ -537,8 +537,8 @@ def write_reports(results: dict, results_dir: Path) -> None:
 
 # Pretraining settings the ID baselines do not read: `build_id_model` fixes the semantic-ID model's keys, and
 # `id_collator` masks with cloze alone (`bert4rec-id`) or not at all (`sasrec-ce`).
-ID_MODEL_IGNORED = ("use_item_embedding", "score_item_embedding", "loss_type", "cloze_prob", "span_prob", "tail_prob",
-                    "multi_region_prob", "span_ratio", "tail_ratio", "multi_region_ratio", "num_regions")
+ID_MODEL_IGNORED = (*ID_MODEL_FIXED, "cloze_prob", "span_prob", "tail_prob", "multi_region_prob", "span_ratio",
+                    "tail_ratio", "multi_region_ratio", "num_regions")
 SASREC_IGNORED = (*ID_MODEL_IGNORED, "cloze_ratio")
 
 

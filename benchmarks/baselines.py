@@ -92,11 +92,15 @@ def id_tokenizer(item_ids: list[str], max_len: int = 50) -> SemanticIdTokenizer:
     return SemanticIdTokenizer.from_codes(item_ids, [[i] for i in range(len(item_ids))], codebook_size=len(item_ids), max_len=max_len)
 
 
+# The model settings every ID baseline has, whatever the config says (`build_id_model`).
+ID_MODEL_FIXED = {"use_item_embedding": False, "score_item_embedding": False, "loss_type": "items"}
+
+
 def build_id_model(model_args: ModelArgs, tokenizer: SemanticIdTokenizer, causal: bool) -> QBert4RecForMaskedItemModeling:
     """The Q-Bert4Rec backbone over item IDs: bidirectional (BERT4Rec) or causal (SASRec), catalogue cross-entropy.
 
     The single code level already is an item-ID embedding, so no extra item embedding is added."""
-    id_args = dataclasses.replace(model_args, use_item_embedding=False, score_item_embedding=False, loss_type="items")
+    id_args = dataclasses.replace(model_args, **ID_MODEL_FIXED)
     return build_model(id_args, tokenizer, is_causal=causal)
 
 

@@ -128,7 +128,8 @@ def test_runs_written_by_another_process_are_merged_not_lost(tmp_path):
         "sasrec-ce": {"kind": "sasrec-ce", "seeds": {"1": record}},
         "qbert4rec": {"kind": "qbert4rec", "seeds": {"0": record, "9": {**record, "settings_sha256": "old"}}},
     }}))
-    ours = {"settings_sha256": {"sasrec-ce": "new", "qbert4rec": "new"}, "rows": {"sasrec-ce": {"kind": "sasrec-ce", "seeds": {"0": record}}}}
+    ours = {"settings_sha256": {"sasrec-ce": "new", "qbert4rec": "new"},
+            "rows": {"sasrec-ce": {"kind": "sasrec-ce", "seeds": {"0": record}}}}
     accuracy.merge_runs_from_disk(ours, path)
     assert sorted(ours["rows"]["sasrec-ce"]["seeds"]) == ["0", "1"] and ours["rows"]["sasrec-ce"]["summary"]["n"] == 2
     assert list(ours["rows"]["qbert4rec"]["seeds"]) == ["0"] and ours["rows"]["qbert4rec"]["kind"] == "qbert4rec"
