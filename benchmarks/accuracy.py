@@ -29,8 +29,8 @@ Writes `RESULTS_DIR/<dataset>.json` (every run: all metrics, training seconds, v
 command line and machine), `RESULTS_DIR/<dataset>.md` (the table) and two PNGs (validation N@10 per epoch per row;
 test N@10 and R@10 per row). Restartable: a (row, seed) already in the JSON with the same settings (the config
 settings that row reads, see `row_settings`, and the training flags) is skipped, a finished stage is not run again,
-and an interrupted one resumes from its last checkpoint. `--quick` writes `<dataset>-quick.*` instead. A failed run is recorded as the row's `error` and the
-others go on (`--fail_fast true` stops instead).
+and an interrupted one resumes from its last checkpoint. `--quick` writes `<dataset>-quick.*` instead. A failed run
+is recorded as the row's `error` and the others go on (`--fail_fast true` stops instead).
 """
 
 import fcntl
