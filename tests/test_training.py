@@ -355,3 +355,19 @@ def test_finetune_dropout_overrides_the_pretrained_models(tiny, tmp_path):
     assert saved["attention_probs_dropout_prob"] == pretrained["attention_probs_dropout_prob"]  # not overridden
     model = AutoModel.from_pretrained(tmp_path / "ft" / "final", trust_remote_code=True)
     assert model.qbert4rec.embeddings.dropout.p == 0.45
+
+
+@pytest.mark.parametrize("config", sorted((REPO_ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_parse_in_every_stage(config):
+    from training.config import load_yaml
+    from training.extract_features import FeatureArgs
+    from training.inject import InjectArgs
+    from training.prepare_data import DataArgs
+    from training.quantize import QuantizeArgs
+
+    sections = {"data": (DataArgs,), "features": (FeatureArgs,), "inject": (InjectArgs,), "quantize": (QuantizeArgs,),
+                "pretrain": (pretrain.ModelArgs, pretrain.PretrainArgs, LoopArgs),
+                "finetune": (finetune.FinetuneArgs, LoopArgs)}
+    assert set(load_yaml(config)) <= {"pipeline", *sections}
+    for section, dataclass_types in sections.items():
+        parse_args(["--config", str(config)], *dataclass_types, section=section)  # an unknown key raises
