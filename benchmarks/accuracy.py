@@ -450,8 +450,11 @@ def plot_results(results: dict, results_dir: Path) -> list[Path]:
     rows = {name: row for name, row in results["rows"].items() if row.get("summary")}
     paths = []
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True)
-    for ax, group in zip(axes, ("main", "ablation")):
+    present = {row["group"] for row in rows.values()}
+    groups = [group for group in ("main", "ablation") if group in present] or ["main"]  # a panel per group shown
+    fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 4.5), sharey=True, squeeze=False)
+    axes = axes[0]
+    for ax, group in zip(axes, groups):
         for name, row in rows.items():
             if row["group"] != group:
                 continue
