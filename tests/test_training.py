@@ -371,3 +371,14 @@ def test_shipped_configs_parse_in_every_stage(config):
     assert set(load_yaml(config)) <= {"pipeline", *sections}
     for section, dataclass_types in sections.items():
         parse_args(["--config", str(config)], *dataclass_types, section=section)  # an unknown key raises
+
+
+def test_wide_beauty_config_differs_from_the_default_in_width_only():
+    from training.config import load_yaml
+
+    default = load_yaml(REPO_ROOT / "configs" / "beauty.yaml")
+    wide = load_yaml(REPO_ROOT / "configs" / "beauty-h128.yaml")
+    assert wide["pretrain"].pop("hidden_size") == 128 and wide["pretrain"].pop("intermediate_size") == 512
+    for key in ("hidden_size", "intermediate_size"):
+        default["pretrain"].pop(key)
+    assert wide == default
