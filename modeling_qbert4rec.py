@@ -239,7 +239,8 @@ class QBert4RecMaskedItemOutput(ModelOutput):
         logits (`torch.FloatTensor`): per-level code logits, `(num_masked, num_codebooks, codebook_size)` at the
             labelled positions when `labels` is given (`None` with `loss_type="items"`, which does not use them),
             else `(batch, seq_len, num_codebooks, codebook_size)`.
-        last_hidden_state (`torch.FloatTensor` of shape `(batch, seq_len, hidden_size)`): encoder output.
+        last_hidden_state (`torch.FloatTensor` of shape `(batch, seq_len, hidden_size)`): encoder output; `(batch, 1,
+            hidden_size)` when `labels` mark the last position alone (fine-tuning).
     """
 
     loss: torch.FloatTensor | None = None
@@ -442,13 +443,18 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
             labels (`torch.LongTensor` of shape `(batch, seq_len, num_codebooks)`, *optional*): original token ids at
                 masked positions, -100 elsewhere.
         """
-        hidden = self.qbert4rec(input_ids, attention_mask, item_indices).last_hidden_state  # (B, T, H)
+        if labels is not None and labels.shape != input_ids.shape:
+            raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
+        # Fine-tuning labels the appended [MASK] alone: the last layer then computes that position only (the same
+        # outputs there, as in `history_states`), and `last_hidden_state` is `(B, 1, H)`.
+        last_only = labels is not None and labels.shape[1] > 1 and not (labels[:, :-1, 0] != -100).any()
+        hidden = self.qbert4rec(input_ids, attention_mask, item_indices, last_position_only=last_only).last_hidden_state
         weight = self.qbert4rec.embeddings.code_embeddings.weight
         if labels is None:
             return QBert4RecMaskedItemOutput(logits=self.head(hidden, weight), last_hidden_state=hidden)
-        if labels.shape != input_ids.shape:
-            raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
-        labelled = labels[..., 0] != -100  # (B, T)
+        if last_only:
+            labels = labels[:, -1:]
+        labelled = labels[..., 0] != -100  # (B, T), T = 1 when only the last position is labelled
         states = self.head.transform(hidden[labelled])  # (M, H): only labelled positions (sparse prediction)
         targets = labels[labelled] - self._level_offsets()  # (M, L) codes
         if labelled.any() and ((targets < 0) | (targets >= self.config.codebook_size)).any():

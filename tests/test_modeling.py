@@ -193,6 +193,37 @@ def test_catalogue_cross_entropy_matches_autograd(monkeypatch, trained):
             torch.testing.assert_close(grad, expected)
 
 
+@pytest.mark.parametrize("loss_type", ["codes", "items", "codes+items"])
+def test_last_position_labels_give_the_full_encoders_loss_and_gradients(tok, monkeypatch, loss_type):
+    """Fine-tuning labels the appended [MASK] alone: the last layer computes that position only, with the loss and
+    gradients of the whole encoder's last row."""
+    inputs = tester.prepare_inputs(tok)
+    labels = torch.full_like(inputs["input_ids"], -100)
+    labels[:, -1] = inputs["input_ids"][:, -1]  # the newest item of each row is the target
+    inputs["input_ids"] = inputs["input_ids"].clone()
+    inputs["input_ids"][:, -1] = tok.mask_token_id
+    inputs["item_indices"] = inputs["item_indices"].clone()
+    inputs["item_indices"][:, -1] = tester.num_items + 1
+
+    def loss_and_gradients(model):
+        out = model(**inputs, labels=labels)
+        out.loss.backward()
+        return out, {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+
+    model = tester.get_model(tok, use_item_embedding=True, loss_type=loss_type).eval()
+    out, gradients = loss_and_gradients(model)
+    assert out.last_hidden_state.shape == (3, 1, tester.hidden_size)
+    reference = tester.get_model(tok, use_item_embedding=True, loss_type=loss_type).eval()
+    full_encoder = reference.qbert4rec.encoder.forward  # every position through every layer, then the last row
+    monkeypatch.setattr(reference.qbert4rec.encoder, "forward",
+                        lambda hidden, mask, last_position_only=False: full_encoder(hidden, mask)[:, -1:])
+    expected, expected_gradients = loss_and_gradients(reference)
+    torch.testing.assert_close(out.loss, expected.loss)
+    assert gradients.keys() == expected_gradients.keys()
+    for name, gradient in gradients.items():
+        torch.testing.assert_close(gradient, expected_gradients[name], msg=name)
+
+
 def test_loss_without_labelled_positions_is_zero_not_nan(tok, model):
     inputs = tester.prepare_masked_inputs(tok)
     inputs["labels"] = torch.full_like(inputs["labels"], -100)
