@@ -6,7 +6,8 @@
     python benchmarks/accuracy.py --dataset beauty --quick --seeds 0 --rows all      # smoke-sized (configs/smoke.yaml)
 
 Every row is trained with the dataset's config (`configs/<dataset>.yaml`, read at run time), selected on validation
-NDCG@10 and evaluated on the test split with full ranking over all items, history items kept as candidates.
+NDCG@10 and evaluated on the test split with full ranking over all items, history items kept as candidates; the
+kept model is also evaluated with each history's items removed from the candidates (RecBole's convention).
 
 Main rows (each over `--seeds`, reported as mean and sample std):
 - `most-popular`: item counts before the target;
@@ -49,11 +50,12 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.baselines import CANDIDATES, machine_info, machine_line, most_popular, stage_done, train_id_model  # noqa: E402
+from benchmarks.baselines import HISTORY_REMOVED, history_removed_test_metrics  # noqa: E402
 from benchmarks.baselines import ID_MODEL_FIXED, seconds_to_selected_epoch, validation_history, write_stage_record  # noqa: E402
 from training import finetune, inject, pipeline, pretrain, quantize  # noqa: E402
 from training.config import default_data_dir, load_yaml, parse_args  # noqa: E402
 from training.data import DEFAULT_INPUTS  # noqa: E402
-from training.loop import LoopArgs  # noqa: E402
+from training.loop import BEST, LoopArgs  # noqa: E402
 
 DATASET_CONFIGS = {"beauty": "configs/beauty.yaml", "scientific-mm": "configs/scientific-mm.yaml"}
 METRICS = ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr")
@@ -321,6 +323,7 @@ def run_qbert4rec(row: Row, seed: int, ws: Workspace, args: AccuracyArgs) -> dic
         "best_validation_ndcg@10": max(histories["finetune"]) if histories["finetune"] else None,
         "seconds_to_selected_epoch": seconds_to_selected_epoch(list(stage_dirs.values())),
         "output_dir": str(out),
+        "checkpoint": str(finetune_dir / BEST),
     }
 
 
@@ -331,12 +334,16 @@ def run_row(row: Row, seed: int, ws: Workspace, args: AccuracyArgs) -> dict:
         return most_popular(str(ws.data_dir))
     if row.kind in ("bert4rec-id", "sasrec-ce"):
         ws.main_semantic_ids()
-        return train_id_model(
+        run = train_id_model(
             row.kind, str(ws.data_dir), str(ws.run_dir(row, seed)), seed, config_path=ws.config_path,
             overrides=shlex.split(args.train_overrides),
             finetune_after=args.bert4rec_finetune if row.kind == "bert4rec-id" else False, finetune_name=ws.finetune_name,
         )
-    return run_qbert4rec(row, seed, ws, args)
+    else:
+        run = run_qbert4rec(row, seed, ws, args)
+    # The same kept model under RecBole's convention too (a history item is never the target on these datasets).
+    run["test_history_removed"] = history_removed_test_metrics(run["checkpoint"], ws.data_dir)
+    return run
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -344,8 +351,16 @@ def run_row(row: Row, seed: int, ws: Workspace, args: AccuracyArgs) -> dict:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def _mean_and_std(values: list) -> tuple[float, float]:
+    """Mean and sample std (n - 1; 0 for one value)."""
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return mean, math.sqrt(var)
+
+
 def summarise(seed_records: dict) -> dict:
-    """Mean and sample std (n - 1; 0 for one seed) of each test metric and the training seconds over seeds."""
+    """Mean and sample std of each test metric and the training seconds over seeds; `history_removed` holds those of
+    the test metrics with history items removed from the candidates, when every seed has them."""
     records = [r for r in seed_records.values() if "test" in r]
     if not records:
         return {}
@@ -354,9 +369,11 @@ def summarise(seed_records: dict) -> dict:
         values = [r["test"][name] if name in METRICS else r.get(name) for r in records]
         if None in values:  # most-popular trains nothing; older runs lack the time to the selected epoch
             continue
-        mean = sum(values) / len(values)
-        var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
-        out["mean"][name], out["std"][name] = mean, math.sqrt(var)
+        out["mean"][name], out["std"][name] = _mean_and_std(values)
+    if all("test_history_removed" in r for r in records):  # runs made before it was measured lack it
+        removed = {name: _mean_and_std([r["test_history_removed"][name] for r in records]) for name in METRICS}
+        out["history_removed"] = {"n": len(records), "mean": {k: v[0] for k, v in removed.items()},
+                                  "std": {k: v[1] for k, v in removed.items()}}
     return out
 
 
@@ -418,6 +435,13 @@ def markdown_table(results: dict) -> str:
             _cell(summary, name, 0) if name in summary["mean"] else "-" for name in ("train_seconds", "seconds_to_selected_epoch")
         ]
         lines.append(f"| {name} | {row['description']} | {seeds} | " + " | ".join(cells) + " |")
+    removed = {name: row["summary"]["history_removed"] for name, row in results["rows"].items()
+               if "history_removed" in (row.get("summary") or {})}
+    if removed:
+        lines += ["", f"The same models, candidates: {HISTORY_REMOVED} (RecBole's full-ranking convention):", "",
+                  "| row | seeds | R@5 | R@10 | R@20 | N@5 | N@10 | N@20 | MRR |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {name} | {summary['n']} | " + " | ".join(_cell(summary, m) for m in METRICS) + " |"
+                  for name, summary in removed.items()]
     if dataset == "beauty":
         lines += ["", "Published Beauty anchors (R@10 / N@10, same protocol, not measured here): "
                   + "; ".join(f"{k} {r:.4f} / {n:.4f}" for k, (r, n) in BEAUTY_ANCHORS.items()) + "."]

@@ -38,6 +38,7 @@ from training.sequences import encode_split, eval_loader, load_sequences  # noqa
 
 ID_MODELS = ("bert4rec-id", "sasrec-ce")
 CANDIDATES = "all items (history items kept)"
+HISTORY_REMOVED = "all items minus the history's"
 STAGE_RECORD = "stage_record.json"
 
 
@@ -172,8 +173,23 @@ def most_popular(dataset_dir: str) -> dict:
         encoded = encode_split(sequences[split], tokenizer)
         # every item before the target: the histories of this split (train sequences; + validation item for test)
         model = MostPopular.from_sequences(encoded["item_indices"], tokenizer.num_items)
-        results[split] = evaluate_model(model, eval_loader(encoded, collator, loop_args, max_users=0), desc=f"most-popular {split}")
-    return {"test": results["test"], "validation": results["validation"], "train_seconds": round(time.perf_counter() - start, 2)}
+        loader = eval_loader(encoded, collator, loop_args, max_users=0)
+        results[split] = evaluate_model(model, loader, desc=f"most-popular {split}")
+    removed = evaluate_model(model, loader, exclude_history=True, desc="most-popular test, history removed")
+    return {"test": results["test"], "test_history_removed": removed, "validation": results["validation"],
+            "train_seconds": round(time.perf_counter() - start, 2)}
+
+
+def history_removed_test_metrics(checkpoint_dir, dataset_dir) -> dict:
+    """Test metrics of a saved model (`save_final` folder: model + tokenizer) with each user's history items removed
+    from the candidates: RecBole's full-ranking convention, beside the protocol's (history items kept)."""
+    model = QBert4RecForMaskedItemModeling.from_pretrained(checkpoint_dir)
+    max_len = model.config.max_position_embeddings
+    tokenizer = SemanticIdTokenizer.from_pretrained(checkpoint_dir, max_len=max_len - 1)
+    test = encode_split(load_sequences(dataset_dir)["test"], tokenizer)
+    collator = HistoryCollator(item_codes=tokenizer.item_codes, codebook_size=tokenizer.codebook_size, max_len=max_len)
+    loader = eval_loader(test, collator, LoopArgs(), max_users=0)
+    return evaluate_model(model, loader, exclude_history=True, desc="test, history removed")
 
 
 def train_id_model(
@@ -259,4 +275,5 @@ def train_id_model(
         "seconds_to_selected_epoch": seconds_to_selected_epoch(list(stage_dirs.values())),
         "fine_tuned": finetune_after,
         "output_dir": str(out),
+        "checkpoint": str(stage_dirs[last] / BEST),
     }

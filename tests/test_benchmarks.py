@@ -60,6 +60,12 @@ def test_summarise_mean_and_sample_std():
     assert summary["std"]["ndcg@10"] == pytest.approx(0.1414213, rel=1e-5)  # sample std (n - 1)
     assert summary["mean"]["train_seconds"] == pytest.approx(20)
     assert accuracy.summarise({"0": run(0.5, 1)})["std"]["mrr"] == 0.0
+    assert "history_removed" not in summary  # runs made before it was measured
+    removed = {"0": {**run(0.1, 10), "test_history_removed": {m: 0.2 for m in accuracy.METRICS}},
+               "1": {**run(0.3, 30), "test_history_removed": {m: 0.4 for m in accuracy.METRICS}}}
+    summary = accuracy.summarise(removed)["history_removed"]
+    assert summary["n"] == 2 and summary["mean"]["ndcg@10"] == pytest.approx(0.3)
+    assert summary["std"]["ndcg@10"] == pytest.approx(0.1414213, rel=1e-5)
 
 
 def test_parse_seeds_rejects_bad_input():
@@ -234,6 +240,11 @@ def test_accuracy_writes_every_row_with_metrics(tiny_bench):
             assert set(accuracy.METRICS) <= set(run["test"])
             assert run["test"]["num_users"] == 30
             assert 0.0 <= run["test"]["ndcg@10"] <= run["test"]["recall@10"] <= 1.0
+            # fewer candidates ahead of each target: no metric can fall
+            removed = run["test_history_removed"]
+            assert removed["exclude_history"] and not run["test"]["exclude_history"]
+            assert all(removed[m] >= run["test"][m] for m in accuracy.METRICS), name
+        assert rows[name]["summary"]["history_removed"]["n"] == 2
     for name in ("qbert4rec/no-stage1", "qbert4rec/mask-tail"):
         assert list(rows[name]["seeds"]) == ["0"]  # ablations: first seed only
     assert "not applicable" in rows["qbert4rec/no-image"]["skipped"]
@@ -255,6 +266,7 @@ def test_accuracy_writes_every_row_with_metrics(tiny_bench):
     assert saved["command"].startswith("python benchmarks/accuracy.py --dataset beauty")
     table = (root / "results" / "beauty.md").read_text()
     assert "| qbert4rec/mask-tail |" in table and "not applicable" in table and "TIGER" in table
+    assert "minus the history's" in table and "| sasrec-ce | 2 |" in table
     for png in ("beauty_validation.png", "beauty_test.png"):
         assert (root / "results" / png).read_bytes()[:4] == b"\x89PNG"
 
