@@ -35,6 +35,9 @@ class QBert4RecConfig(PretrainedConfig):
         is_causal (`bool`, defaults to `False`): causal (left-to-right) attention instead of bidirectional; the next
             item is then predicted from the last history position, not from an appended `[MASK]` (the SASRec
             baseline of `benchmarks/accuracy.py`).
+        seen_item_bias (`bool`, defaults to `False`): learn one logit added to the score of every item already in the
+            history (trained by the catalogue loss, so it needs `loss_type` `"items"` or `"codes+items"`). Items stay
+            candidates; on data where users never buy an item twice, the logit learns to push them down.
         item_table_fingerprint (`str`, *optional*): `SemanticIdTokenizer.table_fingerprint` of the catalogue the model
             was trained on (item ids and codes); `check_tokenizer` compares it.
         pad_token_id (`int`, defaults to 0), mask_token_id (`int`, defaults to 1), unk_token_id (`int`, defaults to 2),
@@ -63,6 +66,7 @@ class QBert4RecConfig(PretrainedConfig):
         score_item_embedding: bool = False,
         loss_type: str = "codes+items",
         is_causal: bool = False,
+        seen_item_bias: bool = False,
         item_table_fingerprint: str | None = None,
         pad_token_id: int = 0,
         mask_token_id: int = 1,
@@ -101,6 +105,8 @@ class QBert4RecConfig(PretrainedConfig):
             raise ValueError("score_item_embedding=True needs use_item_embedding=True")
         if loss_type not in ("codes", "items", "codes+items"):
             raise ValueError(f"loss_type must be 'codes', 'items' or 'codes+items', got {loss_type!r}")
+        if seen_item_bias and loss_type == "codes":
+            raise ValueError("seen_item_bias=True is trained by the catalogue loss: use loss_type 'items' or 'codes+items'")
         specials = {"pad_token_id": pad_token_id, "mask_token_id": mask_token_id, "unk_token_id": unk_token_id, "sep_token_id": sep_token_id}
         for name, value in specials.items():
             if not 0 <= value < num_special_tokens:
@@ -127,6 +133,7 @@ class QBert4RecConfig(PretrainedConfig):
         self.score_item_embedding = score_item_embedding
         self.loss_type = loss_type
         self.is_causal = is_causal
+        self.seen_item_bias = seen_item_bias
         self.item_table_fingerprint = item_table_fingerprint
         self.mask_token_id = mask_token_id
         self.unk_token_id = unk_token_id

@@ -35,7 +35,8 @@ ITEM_LOSS_BLOCK = 64
 
 class CatalogueCrossEntropy(torch.autograd.Function):
     """Summed cross-entropy of `states` `(M, H)` against `targets` `(M,)` over the logits
-    `states @ item_embeddings.T + item_bias` `(M, N)`, which never exist whole.
+    `states @ item_embeddings.T + item_bias` `(M, N)`, which never exist whole; with `seen_bias`, a scalar, added at
+    each row's `seen_columns` `(M, S)` times `seen_weights` `(M, S)` (`seen_item_columns`).
 
     The forward pass works through `ITEM_LOSS_BLOCK` rows at a time in one reused `(ITEM_LOSS_BLOCK, N)` buffer and
     makes the gradients as it goes (softmax minus one-hot, then two products), so backward only scales them: a fused
@@ -45,24 +46,31 @@ class CatalogueCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, states, targets, item_embeddings, item_bias):
+    def forward(ctx, states, targets, item_embeddings, item_bias, seen_columns=None, seen_weights=None, seen_bias=None):
         with torch.autocast(states.device.type, enabled=False):  # float32 throughout, also under mixed precision
-            return CatalogueCrossEntropy._forward(ctx, states, targets, item_embeddings, item_bias)
+            return CatalogueCrossEntropy._forward(
+                ctx, states, targets, item_embeddings, item_bias, seen_columns, seen_weights, seen_bias
+            )
 
     @staticmethod
-    def _forward(ctx, states, targets, item_embeddings, item_bias):
+    def _forward(ctx, states, targets, item_embeddings, item_bias, seen_columns, seen_weights, seen_bias):
         dtype = torch.float32
         states32, embeddings32, bias32 = (t.detach().to(dtype) for t in (states, item_embeddings, item_bias))
-        needs_states, _, needs_embeddings, needs_bias = ctx.needs_input_grad
+        needs_states, _, needs_embeddings, needs_bias, *_, needs_seen_bias = (*ctx.needs_input_grad, False, False, False)[:7]
         grad_states = torch.empty_like(states32) if needs_states else None
         grad_embeddings = torch.zeros_like(embeddings32) if needs_embeddings else None
         grad_bias = torch.zeros_like(bias32) if needs_bias else None
+        if seen_bias is not None:
+            seen_values = seen_weights.to(dtype) * seen_bias.detach().to(dtype)  # (M, S)
+            grad_seen_bias = seen_bias.new_zeros((), dtype=dtype)
         buffer = states32.new_empty(min(len(states32), ITEM_LOSS_BLOCK), len(embeddings32))
         loss = states32.new_zeros(())
         for start in range(0, len(states32), ITEM_LOSS_BLOCK):
             rows = slice(start, start + ITEM_LOSS_BLOCK)
             block, block_targets = states32[rows], targets[rows, None]  # (m, H), (m, 1)
             logits = torch.addmm(bias32, block, embeddings32.t(), out=buffer[: len(block)])  # (m, N)
+            if seen_bias is not None:
+                logits.scatter_add_(1, seen_columns[rows], seen_values[rows])
             top = logits.amax(dim=1, keepdim=True)
             target_logits = logits.gather(1, block_targets)
             probabilities = logits.sub_(top).exp_()  # in place: the buffer now holds exp(logit - max)
@@ -75,17 +83,33 @@ class CatalogueCrossEntropy(torch.autograd.Function):
                 grad_embeddings.addmm_(gradient.t(), block)
             if needs_bias:
                 grad_bias += gradient.sum(dim=0)
-        ctx.save_for_backward(*(g if g is not None else torch.empty(0) for g in (grad_states, grad_embeddings, grad_bias)))
-        ctx.dtypes = states.dtype, item_embeddings.dtype, item_bias.dtype
+            if seen_bias is not None and needs_seen_bias:
+                grad_seen_bias += (gradient.gather(1, seen_columns[rows]) * seen_weights[rows]).sum()
+        if seen_bias is None or not needs_seen_bias:
+            grad_seen_bias = None
+        grads = (grad_states, grad_embeddings, grad_bias, grad_seen_bias)
+        ctx.save_for_backward(*(g if g is not None else torch.empty(0) for g in grads))
+        ctx.dtypes = states.dtype, item_embeddings.dtype, item_bias.dtype, getattr(seen_bias, "dtype", None)
         return loss.to(states.dtype)
 
     @staticmethod
     def backward(ctx, grad_loss):
-        needs_states, _, needs_embeddings, needs_bias = ctx.needs_input_grad
+        inputs = len(ctx.needs_input_grad)  # 4, or 7 with the seen-item arguments
+        needs_states, _, needs_embeddings, needs_bias, *_, needs_seen_bias = (*ctx.needs_input_grad, False, False, False)[:7]
         grads = [g * grad_loss if needed else None
-                 for g, needed in zip(ctx.saved_tensors, (needs_states, needs_embeddings, needs_bias))]
+                 for g, needed in zip(ctx.saved_tensors, (needs_states, needs_embeddings, needs_bias, needs_seen_bias))]
         grads = [g.to(dtype) if g is not None else None for g, dtype in zip(grads, ctx.dtypes)]
-        return grads[0], None, grads[1], grads[2]
+        return (grads[0], None, grads[1], grads[2], None, None, grads[3])[:inputs]
+
+
+def seen_item_columns(item_indices, num_items):
+    """Items already seen `(..., S)` (indices `>= num_items` are padding or `[MASK]`) -> `columns` (long) and `weights`
+    (float), both `(..., S)`: each distinct item once with weight 1, the rest weight 0 at column 0, so that
+    `logits.scatter_add_(-1, columns, weights * bias)` adds `bias` once to every seen item's logit."""
+    columns = item_indices.sort(dim=-1).values
+    distinct = columns < num_items
+    distinct[..., 1:] &= columns[..., 1:] != columns[..., :-1]
+    return columns.masked_fill(~distinct, 0), distinct.float()
 
 
 class QBert4RecEmbeddings(nn.Module):
@@ -197,6 +221,8 @@ class QBert4RecPredictionHead(nn.Module):
         self.activation = nn.GELU() if config.hidden_act == "gelu" else nn.ReLU()
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.num_codebooks, config.codebook_size))
+        # One logit for items already in the history (`seen_item_bias`); a bias, so it gets no weight decay.
+        self.seen_item_bias = nn.Parameter(torch.zeros(())) if config.seen_item_bias else None
         self.num_special_tokens = config.num_special_tokens
         self.num_codebooks = config.num_codebooks
         self.codebook_size = config.codebook_size
@@ -225,9 +251,11 @@ class QBert4RecPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module):
         super()._init_weights(module)
-        if isinstance(module, QBert4RecPredictionHead) and not getattr(module.bias, "_is_hf_initialized", False):
-            with torch.no_grad():
-                module.bias.zero_()
+        if isinstance(module, QBert4RecPredictionHead):
+            for bias in (module.bias, module.seen_item_bias):
+                if bias is not None and not getattr(bias, "_is_hf_initialized", False):
+                    with torch.no_grad():
+                        bias.zero_()
 
 
 @dataclass
@@ -394,15 +422,37 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
 
         return self._cached("input_table", sources, build)
 
-    def _item_cross_entropy(self, states, target_items):
-        """Mean catalogue cross-entropy of states `(M, H)` against item indices `(M,)` (-100 ignored).
+    def _seen_items(self, item_indices, num_labelled_positions):
+        """`(B, P, T)`: the items each of the last `num_labelled_positions` positions P has seen, from
+        `item_indices` `(B, T)` (padding and `[MASK]` >= num_items): the whole row, or with `is_causal` the row up to
+        that position."""
+        if item_indices is None:
+            raise ValueError("seen_item_bias=True needs item_indices (the collators and the tokenizer return them)")
+        B, T = item_indices.shape
+        seen = item_indices[:, None, :].expand(B, T, T)
+        if self.config.is_causal:
+            future = torch.ones(T, T, dtype=torch.bool, device=item_indices.device).triu(1)  # [t, s]: s > t
+            seen = seen.masked_fill(future, self.config.num_items)
+        return seen[:, T - num_labelled_positions :]
+
+    def _add_seen_item_bias(self, logits, seen):
+        """Add the learned `seen_item_bias` in place to `logits` `(M, N)` at each row's seen items `seen` `(M, S)`."""
+        columns, weights = seen_item_columns(seen, self.config.num_items)
+        return logits.scatter_add_(1, columns, weights * self.head.seen_item_bias.to(logits.dtype))
+
+    def _item_cross_entropy(self, states, target_items, seen=None):
+        """Mean catalogue cross-entropy of states `(M, H)` against item indices `(M,)` (-100 ignored), with the
+        `seen_item_bias` at each row's seen items `seen` `(M, S)` when given.
 
         Pretraining has thousands of masked positions per batch: their `(M, num_items)` logits, softmax and gradient
         would take hundreds of megabytes (about 0.5 GB for 3,500 positions and 12,101 items). `CatalogueCrossEntropy`
         keeps `ITEM_LOSS_BLOCK` rows of them at a time instead, whatever M."""
         keep = target_items != -100
         states, target_items = states[keep], target_items[keep]
-        return CatalogueCrossEntropy.apply(states, target_items, *self._item_table()) / len(states)
+        seen_bias = ()
+        if seen is not None:
+            seen_bias = (*seen_item_columns(seen[keep], self.config.num_items), self.head.seen_item_bias)
+        return CatalogueCrossEntropy.apply(states, target_items, *self._item_table(), *seen_bias) / len(states)
 
     def _items_of_codes(self, codes):
         """Code tuples `(M, L)` -> item indices `(M,)` (-100 for a tuple outside the catalogue)."""
@@ -467,7 +517,10 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
                 loss = loss + F.cross_entropy(logits.reshape(-1, self.config.codebook_size), targets.reshape(-1))
         target_items = self._items_of_codes(targets)  # (M,), -100 where the tuple is not in the catalogue
         if self.config.loss_type in ("items", "codes+items") and (target_items != -100).any():
-            loss = loss + self._item_cross_entropy(states, target_items)
+            seen = None
+            if self.head.seen_item_bias is not None:
+                seen = self._seen_items(item_indices, labels.shape[1])[labelled]  # (M, T)
+            loss = loss + self._item_cross_entropy(states, target_items, seen)
         return QBert4RecMaskedItemOutput(loss=loss, logits=logits, last_hidden_state=hidden)
 
     def _left_padded_mask(self, input_ids, attention_mask):
@@ -508,14 +561,20 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
                                 inputs_embeds=inputs_embeds).last_hidden_state[:, -1]  # (B, H)
         return self.head.transform(hidden)  # (B, H)
 
-    def item_logits(self, states):
+    def item_logits(self, states, item_indices=None):
         """Prediction states `(M, H)` -> item logits `(M, num_items)`, the sum of each item's code logits (plus its
-        item-ID term with `score_item_embedding`).
+        item-ID term with `score_item_embedding`, and with `seen_item_bias` the learned logit at the items of each
+        row's history `item_indices` `(M, T)`, which it then needs).
 
         They differ from `score_items` by one constant per row (the code log-normalisers), so they rank the items
         the same; evaluation ranks these directly. The sum over levels is one matmul with each item's summed code
         embeddings (and summed biases), never a gather per level of size `(M, num_items)`."""
-        return F.linear(states, *self._item_table())  # (M, num_items)
+        logits = F.linear(states, *self._item_table())  # (M, num_items)
+        if self.head.seen_item_bias is None:
+            return logits
+        if item_indices is None:
+            raise ValueError("this model adds a learned logit to history items (seen_item_bias=True): pass item_indices")
+        return self._add_seen_item_bias(logits, item_indices)
 
     def score_items(self, input_ids, attention_mask=None, item_indices=None, **kwargs):
         """Score every item as the next one after each history.
@@ -532,7 +591,7 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
         # Sum over levels of log p(code) = sum of the item's code logits - sum over levels of logsumexp.
         # (With score_item_embedding the item-ID term is added too; the per-history constant does not change ranks.)
         log_normaliser = code_logits.logsumexp(-1).sum(-1, keepdim=True)  # (B, 1)
-        return self.item_logits(states).sub_(log_normaliser)  # (B, num_items)
+        return self.item_logits(states, item_indices).sub_(log_normaliser)  # (B, num_items)
 
     @torch.no_grad()
     def recommend(self, input_ids, attention_mask=None, item_indices=None, top_k=10, exclude_history=False, **kwargs):

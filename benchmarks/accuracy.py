@@ -135,7 +135,7 @@ def plan_rows(which: str, item_embedding_in_config: bool) -> list[Row]:
             + (() if flip else ("--min_epochs", "20"))),
         Row("qbert4rec/cross-domain", "ablation", "qbert4rec", "pretrained on another domain too",
             pretrain_flags=("--use_item_embedding", "false", "--score_item_embedding", "false", "--loss_type", "codes",
-                            "--min_epochs", "20"),
+                            "--seen_item_bias", "false", "--min_epochs", "20"),
             cross_domain=True),
     ]
     return {"main": main_rows, "ablations": ablations, "all": main_rows + ablations}[which]

@@ -579,3 +579,77 @@ def test_empty_history_still_gets_recommendations(tok, model):
     out = model.recommend(**batch, top_k=3, exclude_history=True)
     assert torch.isfinite(out.scores).all() and out.item_indices.shape == (2, 3)
     assert 0 not in out.item_indices[1].tolist()
+
+
+# The learned logit for history items (seen_item_bias).
+def test_seen_item_bias_adds_one_logit_to_each_distinct_history_item(tok):
+    inputs = tester.prepare_inputs(tok)
+    inputs["item_indices"][0, :2] = inputs["item_indices"][0, 2]  # a repeated item still gets the logit once
+    inputs["input_ids"][0, :2] = inputs["input_ids"][0, 2]
+    model = tester.get_model(tok, seen_item_bias=True).eval()
+    unbiased = model.score_items(**inputs)
+    with torch.no_grad():
+        model.head.seen_item_bias.fill_(-3.0)
+    seen = torch.zeros_like(unbiased, dtype=torch.bool)
+    for row, (items, mask) in enumerate(zip(inputs["item_indices"], inputs["attention_mask"])):
+        seen[row, items[mask.bool()]] = True
+    torch.testing.assert_close(model.score_items(**inputs) - unbiased, -3.0 * seen.float())
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_seen_item_bias_loss_and_gradient_match_a_reference(tok, monkeypatch, is_causal):
+    """The fused loss with the seen-item logit equals `F.cross_entropy` over full logits biased at the items each
+    labelled position has seen: the unmasked items of its row, or with `is_causal` those up to it."""
+    import modeling_qbert4rec
+
+    monkeypatch.setattr(modeling_qbert4rec, "ITEM_LOSS_BLOCK", 2)
+    inputs = tester.prepare_inputs(tok) if is_causal else tester.prepare_masked_inputs(tok)
+    labels = inputs.pop("labels", None)
+    if is_causal:  # every real position predicts some item
+        labels = tok.item_token_ids[torch.randint(0, tester.num_items, (3, 7), generator=torch.Generator().manual_seed(1))]
+        labels = labels.masked_fill(~inputs["attention_mask"].bool()[..., None], -100)
+    model = tester.get_model(tok, seen_item_bias=True, loss_type="items", is_causal=is_causal,
+                             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    with torch.no_grad():
+        model.head.seen_item_bias.fill_(-0.5)
+    model(**inputs, labels=labels).loss.backward()
+    fused = model.head.seen_item_bias.grad.clone()
+    model.zero_grad()
+
+    hidden = model.qbert4rec(inputs["input_ids"], inputs["attention_mask"], inputs["item_indices"]).last_hidden_state
+    rows, positions = (labels[..., 0] != -100).nonzero(as_tuple=True)
+    states = model.head.transform(hidden[rows, positions])
+    item_embeddings, item_bias = model._item_table()
+    logits = F.linear(states, item_embeddings, item_bias)
+    seen = torch.zeros_like(logits)
+    for m, (row, position) in enumerate(zip(rows.tolist(), positions.tolist())):
+        visible = inputs["item_indices"][row, : position + 1] if is_causal else inputs["item_indices"][row]
+        seen[m, visible[visible < tester.num_items]] = 1.0
+    targets = torch.tensor([tok.item_codes.tolist().index((t - model._level_offsets()).tolist()) for t in labels[rows, positions]])
+    reference = F.cross_entropy(logits + seen * model.head.seen_item_bias, targets)
+    reference.backward()
+    assert seen.any() and 0 < seen.mean() < 1
+    torch.testing.assert_close(fused, model.head.seen_item_bias.grad)
+
+
+def test_seen_item_bias_starts_at_zero_on_a_model_saved_without_it(tok, model, tmp_path):
+    """finetune.py's `--seen_item_bias` loads a pretrained model with the logit added: 0, so the scores do not move."""
+    inputs = tester.prepare_inputs(tok)
+    model.save_pretrained(tmp_path)
+    loaded = QBert4RecForMaskedItemModeling.from_pretrained(tmp_path, seen_item_bias=True).eval()
+    assert loaded.head.seen_item_bias.item() == 0.0
+    torch.testing.assert_close(loaded.score_items(**inputs), model.score_items(**inputs))
+    with torch.no_grad():
+        loaded.head.seen_item_bias.fill_(-2.0)
+    loaded.save_pretrained(tmp_path / "again")
+    assert QBert4RecForMaskedItemModeling.from_pretrained(tmp_path / "again").head.seen_item_bias.item() == -2.0
+
+
+def test_seen_item_bias_needs_item_indices_and_the_catalogue_loss(tok):
+    model = tester.get_model(tok, seen_item_bias=True).eval()
+    inputs = tester.prepare_inputs(tok)
+    states = model.history_states(**inputs)
+    with pytest.raises(ValueError, match="pass item_indices"):
+        model.item_logits(states)
+    with pytest.raises(ValueError, match="catalogue loss"):
+        tester.get_config(seen_item_bias=True, loss_type="codes")

@@ -41,6 +41,9 @@ class FinetuneArgs:
     attention_probs_dropout_prob: float = field(
         default=None, metadata={"help": "attention dropout while fine-tuning (default: the pretrained model's)"}
     )
+    seen_item_bias: bool = field(
+        default=False, metadata={"help": "learn a logit for history items (QBert4RecConfig) if the pretrained model has none"}
+    )
 
 
 def adapt_to_catalogue(model, tokenizer):
@@ -69,9 +72,10 @@ def main(argv=None):
     if not args.pretrained_dir or not args.dataset_dir:
         raise ValueError("--pretrained_dir and --dataset_dir are required (or set them in the config's finetune section)")
     accelerator = make_accelerator(loop_args, "finetune")
-    dropout = {name: getattr(args, name) for name in ("hidden_dropout_prob", "attention_probs_dropout_prob")}
+    overrides = {name: getattr(args, name) for name in ("hidden_dropout_prob", "attention_probs_dropout_prob")}
+    overrides["seen_item_bias"] = args.seen_item_bias or None  # False keeps the pretrained model's
     model = QBert4RecForMaskedItemModeling.from_pretrained(
-        args.pretrained_dir, **{name: p for name, p in dropout.items() if p is not None}
+        args.pretrained_dir, **{name: value for name, value in overrides.items() if value is not None}
     )
     max_len = model.config.max_position_embeddings
     tokenizer = SemanticIdTokenizer.from_pretrained(args.semantic_ids_dir or args.pretrained_dir, max_len=max_len - 1)

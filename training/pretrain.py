@@ -45,6 +45,7 @@ class ModelArgs:
         default=False, metadata={"help": "also score the catalogue with the item-ID embedding (QBert4RecConfig)"}
     )
     loss_type: str = field(default="codes+items", metadata={"help": "codes, items or codes+items (QBert4RecConfig)"})
+    seen_item_bias: bool = field(default=False, metadata={"help": "learn a logit for history items (QBert4RecConfig)"})
 
 
 @dataclass
@@ -80,6 +81,7 @@ def build_model(model_args: ModelArgs, tokenizer: SemanticIdTokenizer, is_causal
         use_item_embedding=model_args.use_item_embedding,
         score_item_embedding=model_args.score_item_embedding,
         loss_type=model_args.loss_type,
+        seen_item_bias=model_args.seen_item_bias,
         is_causal=is_causal,
     )
     model = QBert4RecForMaskedItemModeling(config)
