@@ -46,6 +46,12 @@ class CatalogueCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
+    def _needs_grad(ctx):
+        """Whether states, item embeddings, item bias and seen bias need gradients (the last three inputs are optional)."""
+        needs = (*ctx.needs_input_grad, False, False, False)
+        return needs[0], needs[2], needs[3], needs[6]
+
+    @staticmethod
     def forward(ctx, states, targets, item_embeddings, item_bias, seen_columns=None, seen_weights=None, seen_bias=None):
         with torch.autocast(states.device.type, enabled=False):  # float32 throughout, also under mixed precision
             return CatalogueCrossEntropy._forward(
@@ -56,7 +62,7 @@ class CatalogueCrossEntropy(torch.autograd.Function):
     def _forward(ctx, states, targets, item_embeddings, item_bias, seen_columns, seen_weights, seen_bias):
         dtype = torch.float32
         states32, embeddings32, bias32 = (t.detach().to(dtype) for t in (states, item_embeddings, item_bias))
-        needs_states, _, needs_embeddings, needs_bias, *_, needs_seen_bias = (*ctx.needs_input_grad, False, False, False)[:7]
+        needs_states, needs_embeddings, needs_bias, needs_seen_bias = CatalogueCrossEntropy._needs_grad(ctx)
         grad_states = torch.empty_like(states32) if needs_states else None
         grad_embeddings = torch.zeros_like(embeddings32) if needs_embeddings else None
         grad_bias = torch.zeros_like(bias32) if needs_bias else None
@@ -95,7 +101,7 @@ class CatalogueCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         inputs = len(ctx.needs_input_grad)  # 4, or 7 with the seen-item arguments
-        needs_states, _, needs_embeddings, needs_bias, *_, needs_seen_bias = (*ctx.needs_input_grad, False, False, False)[:7]
+        needs_states, needs_embeddings, needs_bias, needs_seen_bias = CatalogueCrossEntropy._needs_grad(ctx)
         grads = [g * grad_loss if needed else None
                  for g, needed in zip(ctx.saved_tensors, (needs_states, needs_embeddings, needs_bias, needs_seen_bias))]
         grads = [g.to(dtype) if g is not None else None for g, dtype in zip(grads, ctx.dtypes)]
@@ -435,11 +441,6 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
             seen = seen.masked_fill(future, self.config.num_items)
         return seen[:, T - num_labelled_positions :]
 
-    def _add_seen_item_bias(self, logits, seen):
-        """Add the learned `seen_item_bias` in place to `logits` `(M, N)` at each row's seen items `seen` `(M, S)`."""
-        columns, weights = seen_item_columns(seen, self.config.num_items)
-        return logits.scatter_add_(1, columns, weights * self.head.seen_item_bias.to(logits.dtype))
-
     def _item_cross_entropy(self, states, target_items, seen=None):
         """Mean catalogue cross-entropy of states `(M, H)` against item indices `(M,)` (-100 ignored), with the
         `seen_item_bias` at each row's seen items `seen` `(M, S)` when given.
@@ -574,7 +575,8 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
             return logits
         if item_indices is None:
             raise ValueError("this model adds a learned logit to history items (seen_item_bias=True): pass item_indices")
-        return self._add_seen_item_bias(logits, item_indices)
+        columns, weights = seen_item_columns(item_indices, self.config.num_items)
+        return logits.scatter_add_(1, columns, weights * self.head.seen_item_bias.to(logits.dtype))
 
     def score_items(self, input_ids, attention_mask=None, item_indices=None, **kwargs):
         """Score every item as the next one after each history.

@@ -173,9 +173,9 @@ def batch_ranks(model, batch: dict, exclude_history: bool = False) -> tuple[torc
     """0-based rank of each history's target among all items, and the number of items.
 
     `model` exposes `score_items(input_ids=, attention_mask=, item_indices=) -> (B, N)`, or, faster, the two steps
-    `history_states(...) -> (B, H)` and `item_logits(states, item_indices) -> (B, N)`: then the logits of `RANK_BLOCK` histories
-    at a time are ranked in place while still in cache, never written out as one `(B, N)` tensor (one thread, 512 Beauty
-    histories: 18 ms against 33 ms for the scores, normaliser and ranks). `batch` is a `HistoryCollator` batch.
+    `history_states(...) -> (B, H)` and `item_logits(states, item_indices) -> (B, N)`: then the logits of `RANK_BLOCK`
+    histories at a time are ranked in place while still in cache, never written out as one `(B, N)` tensor (one thread,
+    512 Beauty histories: 18 ms against 33 ms for the scores, normaliser and ranks). `batch` is a `HistoryCollator` batch.
 
     Returns:
         long `(B,)` ranks and N.
