@@ -612,7 +612,8 @@ def test_seen_item_bias_loss_and_gradient_match_a_reference(tok, monkeypatch, is
                              hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     with torch.no_grad():
         model.head.seen_item_bias.fill_(-0.5)
-    model(**inputs, labels=labels).loss.backward()
+    fused_loss = model(**inputs, labels=labels).loss
+    fused_loss.backward()
     fused = model.head.seen_item_bias.grad.clone()
     model.zero_grad()
 
@@ -629,6 +630,7 @@ def test_seen_item_bias_loss_and_gradient_match_a_reference(tok, monkeypatch, is
     reference = F.cross_entropy(logits + seen * model.head.seen_item_bias, targets)
     reference.backward()
     assert seen.any() and 0 < seen.mean() < 1
+    torch.testing.assert_close(fused_loss, reference)
     torch.testing.assert_close(fused, model.head.seen_item_bias.grad)
 
 

@@ -25,6 +25,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 NUM_ITEMS = 40
 
 
+def write_leave_one_out(data_dir, users, sequences):
+    """Save `sequences` (item id lists, oldest first) as `data_dir/sequences`, split leave-one-out."""
+    DatasetDict(
+        train=Dataset.from_dict({"user_id": users, "item_ids": [s[:-2] for s in sequences]}),
+        validation=Dataset.from_dict({"user_id": users, "item_ids": [s[:-2] for s in sequences], "target": [s[-2] for s in sequences]}),
+        test=Dataset.from_dict({"user_id": users, "item_ids": [s[:-1] for s in sequences], "target": [s[-1] for s in sequences]}),
+    ).save_to_disk(str(data_dir / "sequences"))
+
+
 def write_tiny_dataset(root, num_users=120, seed=0):
     """Users walk forward through a ring of items, so the next item is learnable; leave-one-out splits."""
     rng = random.Random(seed)
@@ -33,12 +42,7 @@ def write_tiny_dataset(root, num_users=120, seed=0):
     for _ in range(num_users):
         start, length = rng.randrange(NUM_ITEMS), rng.randint(4, 10)
         sequences.append([items[(start + k) % NUM_ITEMS] for k in range(length)])
-    users = [f"u{u}" for u in range(num_users)]
-    DatasetDict(
-        train=Dataset.from_dict({"user_id": users, "item_ids": [s[:-2] for s in sequences]}),
-        validation=Dataset.from_dict({"user_id": users, "item_ids": [s[:-2] for s in sequences], "target": [s[-2] for s in sequences]}),
-        test=Dataset.from_dict({"user_id": users, "item_ids": [s[:-1] for s in sequences], "target": [s[-1] for s in sequences]}),
-    ).save_to_disk(str(root / "data" / "sequences"))
+    write_leave_one_out(root / "data", [f"u{u}" for u in range(num_users)], sequences)
     codes = [[i % 8, i // 8, 0] for i in range(NUM_ITEMS)]
     SemanticIdTokenizer.from_codes(items, codes, codebook_size=8).save_pretrained(root / "sid")
     return root / "data", root / "sid"
@@ -413,14 +417,17 @@ def test_seen_item_logit_learns_that_beauty_users_do_not_buy_twice(beauty_dir, t
     lines = (beauty_dir / "Beauty.txt").read_text().splitlines()[:3000]
     users, sequences = [line.split()[0] for line in lines], [line.split()[1:] for line in lines]
     assert all(len(set(s)) == len(s) for s in sequences)  # what the logit has to learn
-    DatasetDict(
-        train=Dataset.from_dict({"user_id": users, "item_ids": [s[:-2] for s in sequences]}),
-        validation=Dataset.from_dict({"user_id": users, "item_ids": [s[:-2] for s in sequences], "target": [s[-2] for s in sequences]}),
-        test=Dataset.from_dict({"user_id": users, "item_ids": [s[:-1] for s in sequences], "target": [s[-1] for s in sequences]}),
-    ).save_to_disk(str(tmp_path / "data" / "sequences"))
+    write_leave_one_out(tmp_path / "data", users, sequences)
     id_tokenizer(sorted({i for s in sequences for i in s})).save_pretrained(tmp_path / "sid")
     pretrain.main(["--dataset_dir", str(tmp_path / "data"), "--semantic_ids_dir", str(tmp_path / "sid"), "--output_dir",
                    str(tmp_path / "pre"), "--num_epochs", "1", "--seen_item_bias", "true", "--loss_type", "items",
                    *TINY_MODEL, *TINY_LOOP])
     model = AutoModel.from_pretrained(tmp_path / "pre" / "final", trust_remote_code=True)
     assert model.head.seen_item_bias.item() < -0.1
+
+
+def test_finetune_refuses_a_seen_item_logit_without_the_catalogue_loss(tiny, tmp_path):
+    root, data, _, _ = tiny
+    with pytest.raises(ValueError, match="catalogue loss"):
+        finetune.main(["--pretrained_dir", str(root / "pre" / "final"), "--dataset_dir", str(data), "--output_dir",
+                       str(tmp_path / "ft"), "--seen_item_bias", "true", "--loss_type", "codes", *TINY_LOOP])

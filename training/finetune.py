@@ -84,6 +84,8 @@ def main(argv=None):
         if args.loss_type not in ("codes", "items", "codes+items"):
             raise ValueError(f"--loss_type must be codes, items or codes+items, got {args.loss_type!r}")
         model.config.loss_type = args.loss_type
+    if model.config.seen_item_bias and model.config.loss_type == "codes":
+        raise ValueError("seen_item_bias is trained by the catalogue loss: fine-tune with --loss_type items or codes+items")
     with accelerator.main_process_first():
         sequences = load_sequences(args.dataset_dir)
         train_examples = next_item_examples(encode_split(sequences["train"], tokenizer))
