@@ -20,6 +20,7 @@ Stages 1-2 run once per semantic-ID variant (their own seed from the config); se
 Ablation rows (first seed only), each one change to `qbert4rec`:
 - `qbert4rec/no-stage1`: quantise the text features directly (mean over each item's text vectors);
 - `qbert4rec/no-image`, `qbert4rec/no-structure`: stage 1 without that modality (n/a when the dataset lacks it);
+- `qbert4rec/text-only`: stage 1 on text alone (n/a without images: there it is `no-structure`);
 - `qbert4rec/no-gate`: stage 1 at fixed depth (`inject --use_gate false`);
 - `qbert4rec/mask-<strategy>`: pretraining with one masking strategy alone (cloze, span, tail, multi_region);
 - `qbert4rec/+item-embedding` (or `-item-embedding` when the config uses one): the item-ID embedding flipped;
@@ -121,6 +122,7 @@ def plan_rows(which: str, item_embedding_in_config: bool) -> list[Row]:
         Row("qbert4rec/no-stage1", "ablation", "qbert4rec", "semantic IDs quantised from the text features", "no-stage1"),
         Row("qbert4rec/no-image", "ablation", "qbert4rec", "stage 1 without the image modality", "no-image"),
         Row("qbert4rec/no-structure", "ablation", "qbert4rec", "stage 1 without the structure modality", "no-structure"),
+        Row("qbert4rec/text-only", "ablation", "qbert4rec", "stage 1 on the text modality alone", "text-only"),
         Row("qbert4rec/no-gate", "ablation", "qbert4rec", "stage 1 at fixed depth (no gate)", "no-gate"),
         *[
             Row(f"qbert4rec/mask-{s}", "ablation", "qbert4rec", f"pretraining with {s} masking alone",
@@ -135,7 +137,7 @@ def plan_rows(which: str, item_embedding_in_config: bool) -> list[Row]:
             + (() if flip else ("--min_epochs", "20"))),
         Row("qbert4rec/cross-domain", "ablation", "qbert4rec", "pretrained on another domain too",
             pretrain_flags=("--use_item_embedding", "false", "--score_item_embedding", "false", "--loss_type", "codes",
-                            "--seen_item_bias", "false", "--min_epochs", "20"),
+                            "--seen_item_bias", "false", "--code_embedding_init", "random", "--min_epochs", "20"),
             cross_domain=True),
     ]
     return {"main": main_rows, "ablations": ablations, "all": main_rows + ablations}[which]
@@ -161,7 +163,12 @@ class Workspace:
     `outputs/beauty` of an earlier `training/pipeline.py` run with the same config).
     """
 
-    INJECT_FLAGS = {"no-image": ["--use_image", "false"], "no-structure": ["--use_structure", "false"], "no-gate": ["--use_gate", "false"]}
+    INJECT_FLAGS = {
+        "no-image": ["--use_image", "false"],
+        "no-structure": ["--use_structure", "false"],
+        "text-only": ["--use_image", "false", "--use_structure", "false"],
+        "no-gate": ["--use_gate", "false"],
+    }
     STAGE_1_2_SECTIONS = ("data", "features", "inject", "quantize")
 
     def __init__(self, root: Path, config_path: str, flags: list, pipeline_dir: str | None = None):
@@ -200,6 +207,8 @@ class Workspace:
         modality = {"no-image": "image", "no-structure": "structure"}.get(variant)
         if modality and not (self.features_dir / f"{modality}.safetensors").is_file():
             return f"not applicable: the {modality} modality is not among this dataset's features"
+        if variant == "text-only" and not (self.features_dir / "image.safetensors").is_file():
+            return "not applicable: without images, stage 1 on text alone is qbert4rec/no-structure"
         if variant == "no-stage1" and not (self.features_dir / "text.safetensors").is_file():
             return "not applicable: no text features to quantise"
         return None
@@ -564,7 +573,7 @@ def write_reports(results: dict, results_dir: Path) -> None:
 
 # Pretraining settings the ID baselines do not read: `build_id_model` fixes the semantic-ID model's keys, and
 # `id_collator` masks with cloze alone (`bert4rec-id`) or not at all (`sasrec-ce`).
-ID_MODEL_IGNORED = (*ID_MODEL_FIXED, "cloze_prob", "span_prob", "tail_prob", "multi_region_prob", "span_ratio",
+ID_MODEL_IGNORED = (*ID_MODEL_FIXED, "code_embedding_init", "cloze_prob", "span_prob", "tail_prob", "multi_region_prob", "span_ratio",
                     "tail_ratio", "multi_region_ratio", "num_regions")
 SASREC_IGNORED = (*ID_MODEL_IGNORED, "cloze_ratio")
 

@@ -42,7 +42,7 @@ def test_plan_rows_main_and_ablations():
     assert dict(zip(tail[::2], tail[1::2])) == {"--cloze_prob": "0", "--span_prob": "0", "--tail_prob": "1", "--multi_region_prob": "0"}
     assert ablations["qbert4rec/cross-domain"].cross_domain
     flipped = {r.name: r for r in accuracy.plan_rows("all", item_embedding_in_config=True)}
-    assert "qbert4rec/-item-embedding" in flipped and len(flipped) == 4 + 10
+    assert "qbert4rec/-item-embedding" in flipped and len(flipped) == 4 + 11
     assert flipped["qbert4rec/-item-embedding"].pretrain_flags == (  # without the embedding: 20 epochs at least
         "--use_item_embedding", "false", "--score_item_embedding", "false", "--min_epochs", "20")
     assert flipped["qbert4rec/cross-domain"].pretrain_flags[-2:] == ("--min_epochs", "20")
@@ -119,6 +119,8 @@ def test_each_row_is_keyed_by_the_settings_it_reads():
     # cross-domain pretrains with `--loss_type codes`, whatever the config says
     assert changed("pretrain", "loss_type", "items") == {"qbert4rec"}
     assert changed("pretrain", "span_prob", 0.0) == {"qbert4rec", "qbert4rec/cross-domain"}
+    # the other domain's codes come from another quantiser: cross-domain starts from random code embeddings
+    assert changed("pretrain", "code_embedding_init", "codebooks") == {"qbert4rec"}
     assert changed("quantize", "codebook_size", 128) == {"qbert4rec", "qbert4rec/cross-domain"}
     assert changed("pretrain", "cloze_ratio", 0.2) == {"bert4rec-id", "qbert4rec", "qbert4rec/cross-domain"}
     assert changed("finetune", "num_epochs", 6) == {"bert4rec-id", "qbert4rec", "qbert4rec/cross-domain"}
@@ -217,14 +219,15 @@ def test_recbole_comparison_uses_the_in_run_figures():
 
 @pytest.fixture(scope="module")
 def tiny_bench(tmp_path_factory):
-    """accuracy.py on 30 Beauty users: main rows over two seeds, three ablations (one not applicable)."""
+    """accuracy.py on 30 Beauty users: main rows over two seeds, four ablations (two not applicable)."""
     if not (default_data_dir() / "amazon-beauty").is_dir():
         pytest.skip(f"real data not found at {default_data_dir() / 'amazon-beauty'}")
     root = tmp_path_factory.mktemp("bench")
     config = root / "tiny.yaml"
     config.write_text(yaml.safe_dump(TINY_CONFIG))
     argv = ["--dataset", "beauty", "--dataset_config", str(config), "--seeds", "0,1", "--rows", "all",
-            "--only", "most-popular,bert4rec-id,sasrec-ce,qbert4rec,qbert4rec/no-stage1,qbert4rec/mask-tail,qbert4rec/no-image",
+            "--only", "most-popular,bert4rec-id,sasrec-ce,qbert4rec,qbert4rec/no-stage1,qbert4rec/mask-tail,qbert4rec/no-image,"
+            "qbert4rec/text-only",
             "--output_dir", str(root / "out"), "--results_dir", str(root / "results"), "--fail_fast", "true"]
     results = accuracy.main(argv)
     return root, argv, results
@@ -248,6 +251,7 @@ def test_accuracy_writes_every_row_with_metrics(tiny_bench):
     for name in ("qbert4rec/no-stage1", "qbert4rec/mask-tail"):
         assert list(rows[name]["seeds"]) == ["0"]  # ablations: first seed only
     assert "not applicable" in rows["qbert4rec/no-image"]["skipped"]
+    assert "is qbert4rec/no-structure" in rows["qbert4rec/text-only"]["skipped"]  # Beauty has no images
     # neural rows record validation NDCG@10 per epoch: 2 pretraining epochs (+ 1 fine-tuning epoch)
     qbert = rows["qbert4rec"]["seeds"]["0"]["validation_ndcg@10"]
     assert (len(qbert["pretrain"]), len(qbert["finetune"])) == (2, 1)

@@ -1,6 +1,7 @@
 """The whole pipeline on the smoke slice of real Beauty data, and a training run killed with SIGKILL then resumed."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModel, AutoTokenizer
 
 from training import pipeline
@@ -41,6 +43,49 @@ def test_smoke_pipeline_ends_with_a_loadable_model_and_metrics(smoke_run):
     history = tok.item_ids[:3]
     out = model.recommend(**tok([history], return_tensors="pt"), top_k=5)
     assert len(tok.decode_items(out.item_indices)[0]) == 5
+
+
+def test_code_embeddings_from_the_real_codebooks_keep_stage_2_neighbours(smoke_run):
+    """Before any training, items that share their first code are closer than items that do not."""
+    import torch.nn.functional as F
+
+    from tokenization_semantic_id import SemanticIdTokenizer
+    from training.pretrain import ModelArgs, build_model, init_code_embeddings
+    from training.quantize import load_codebooks
+
+    tokenizer = SemanticIdTokenizer.from_pretrained(smoke_run / "semantic_ids")
+    model = build_model(ModelArgs(hidden_size=32, num_attention_heads=2, intermediate_size=64, max_len=20), tokenizer)
+    codebooks = load_codebooks(smoke_run / "semantic_ids")
+    init_code_embeddings(model, codebooks, std=0.06, seed=0)
+    rows = tokenizer.item_codes[:, :2] + model._level_offsets()[:2]
+    items = F.normalize(model.qbert4rec.embeddings.code_embeddings.weight[rows].sum(1).detach(), dim=-1)
+    similarity = items @ items.T
+    same_first_code = tokenizer.item_codes[:, :1] == tokenizer.item_codes[:, 0]
+    off_diagonal = ~torch.eye(len(items), dtype=torch.bool)
+    assert similarity[same_first_code & off_diagonal].mean() > similarity[~same_first_code].mean() + 0.2
+
+
+def test_neighbours_benchmark_reads_every_representation_of_the_pipeline(smoke_run, tmp_path):
+    import torch.nn.functional as F
+    from datasets import load_from_disk
+    from safetensors.torch import load_file
+
+    from benchmarks import neighbours
+
+    report = neighbours.main(["--pipeline_dir", str(smoke_run), "--results_dir", str(tmp_path)])
+    assert set(report["rows"]) == {"text features", "structure features", "stage 1 fused vectors", "stage 2 codebook sums"}
+    assert report["num_users"] == 300 and (tmp_path / f"neighbours-{smoke_run.name}.md").is_file()
+    # The fused row by hand: the target's 0-based place among all items by cosine similarity to the newest item.
+    items = load_from_disk(str(smoke_run / "data" / "items"))["item_id"]
+    index = {item: i for i, item in enumerate(items)}
+    test = load_from_disk(str(smoke_run / "data" / "sequences"))["test"]
+    fused = F.normalize(load_file(str(smoke_run / "inject" / "fused.safetensors"))["embeddings"], dim=-1)
+    ndcg = 0.0
+    for history, target in zip(test["item_ids"], test["target"]):
+        scores = fused @ fused[index[history[-1]]]
+        rank = int((scores >= scores[index[target]]).sum()) - 1
+        ndcg += 1 / math.log2(rank + 2) if rank < 10 else 0.0
+    assert report["rows"]["stage 1 fused vectors"]["ndcg@10"] == pytest.approx(ndcg / len(test), abs=1e-6)
 
 
 def test_second_run_skips_finished_stages(smoke_run, capsys):

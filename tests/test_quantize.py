@@ -19,8 +19,10 @@ from training.quantize import (
     collision_stats,
     disambiguate,
     fit_quantizer,
+    codebook_sum,
     kmeans,
     level_stats,
+    load_codebooks,
     main,
 )
 
@@ -199,6 +201,15 @@ def test_main_writes_unique_semantic_ids_and_stats(tmp_path, method):
     saved = load_file(str(out / "quantizer.safetensors"))
     assert saved["input_mean"].shape == saved["input_std"].shape == (DIM,)  # 'standard' input normalisation
     assert stats["levels"] == on_disk["levels"]
+    # The saved codebooks, without the disambiguation level: (2 levels, 8 codes, the quantised space).
+    codebooks = load_codebooks(out)
+    assert codebooks.shape == (2, 8, 8 if method == "rqvae" else DIM)
+    if method == "rkmeans":  # the items' codes pick vectors that sum to their (normalised) inputs
+        normalised = (vectors - saved["input_mean"]) / saved["input_std"]
+        quantised = codebook_sum(codebooks, tokenizer.item_codes[:, :2])
+        assert ((quantised - normalised).norm(dim=1) / normalised.norm(dim=1)).mean() < 0.25
+    with pytest.raises(FileNotFoundError, match="not written by training/quantize.py"):
+        load_codebooks(tmp_path)
 
 
 def test_yaml_section_and_help(tmp_path, capsys):

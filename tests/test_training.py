@@ -18,6 +18,7 @@ from training import evaluate, export, finetune, pretrain
 from training.config import parse_args
 from training.loop import LoopArgs, make_accelerator, train
 from training.masking import HistoryCollator, MultiMaskCollator
+from training.quantize import codebook_sum
 from training.sequences import check_sequences, encode_split, eval_loader, load_sequences
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -193,6 +194,42 @@ def test_export_refuses_a_folder_that_is_no_checkpoint(tmp_path):
         export.main(["--model_dir", str(tmp_path)])
     with pytest.raises(ValueError, match="--model_dir is required"):
         export.main([])
+
+
+@pytest.mark.parametrize("dim", [8, 32])  # below and above hidden_size 16
+def test_code_embeddings_start_from_the_codebooks(tiny, dim):
+    _, _, sid, _ = tiny
+    tokenizer = SemanticIdTokenizer.from_pretrained(sid)
+    model = pretrain.build_model(pretrain.ModelArgs(hidden_size=16, intermediate_size=32, max_len=8), tokenizer)
+    table = model.qbert4rec.embeddings.code_embeddings.weight
+    before = table.detach().clone()
+    codebooks = torch.randn(2, 8, dim, generator=torch.Generator().manual_seed(0))  # 2 levels: not disambiguation
+    pretrain.init_code_embeddings(model, codebooks, std=0.05, seed=0)
+    codes = tokenizer.item_codes[:, :2]
+    rows = codes + model._level_offsets()[:2]
+    copied = torch.zeros(len(table), dtype=torch.bool)
+    for offset in model._level_offsets()[:2].tolist():  # every code of the two levels, used by an item or not
+        copied[offset : offset + 8] = True
+    assert torch.equal(table[~copied], before[~copied])  # specials and the disambiguation level untouched
+    assert table[copied].std().item() == pytest.approx(0.05, rel=0.2)
+    summed, quantised = table[rows].sum(1).detach(), codebook_sum(codebooks, codes)
+    if dim <= 16:  # an orthonormal map and one scale: every inner product between items is kept, up to that scale
+        scale = (summed.norm() / quantised.norm()) ** 2
+        torch.testing.assert_close(summed @ summed.T, scale * quantised @ quantised.T, atol=1e-6, rtol=1e-4)
+    else:  # a projection: near items stay nearer than far ones
+        similarity = torch.corrcoef(torch.stack([(summed @ summed.T).flatten(), (quantised @ quantised.T).flatten()]))
+        assert similarity[0, 1] > 0.5
+    with pytest.raises(ValueError, match="do not fit"):
+        pretrain.init_code_embeddings(model, torch.randn(2, 4, dim), std=0.05, seed=0)
+
+
+def test_code_embedding_init_needs_the_quantizer(tiny, tmp_path):
+    _, data, sid, _ = tiny
+    common = ["--dataset_dir", str(data), "--semantic_ids_dir", str(sid), "--output_dir", str(tmp_path), *TINY_LOOP]
+    with pytest.raises(FileNotFoundError, match="quantizer.safetensors not found"):  # codes written by hand
+        pretrain.main([*common, "--code_embedding_init", "codebooks"])
+    with pytest.raises(ValueError, match="must be random or codebooks"):
+        pretrain.main([*common, "--code_embedding_init", "pca"])
 
 
 def test_cross_domain_pretraining_on_two_datasets(tiny, tmp_path):
@@ -383,17 +420,17 @@ def test_wide_beauty_config_differs_from_the_default_in_width_only():
     default = load_yaml(REPO_ROOT / "configs" / "beauty.yaml")
     wide = load_yaml(REPO_ROOT / "configs" / "beauty-h128.yaml")
     assert wide["pretrain"].pop("hidden_size") == 128 and wide["pretrain"].pop("intermediate_size") == 512
-    for key in ("hidden_size", "intermediate_size"):
+    for key in ("hidden_size", "intermediate_size", "seen_item_bias", "code_embedding_init"):  # (measured before these two)
         default["pretrain"].pop(key)
     assert wide == default
 
 
-def test_seen_item_bias_beauty_config_differs_from_the_default_in_that_key_only():
+def test_seen_item_bias_beauty_config_differs_from_the_default_in_the_code_embedding_init_only():
     from training.config import load_yaml
 
     default = load_yaml(REPO_ROOT / "configs" / "beauty.yaml")
     seen = load_yaml(REPO_ROOT / "configs" / "beauty-seen.yaml")
-    assert seen["pretrain"].pop("seen_item_bias") is True
+    assert default["pretrain"].pop("code_embedding_init") == "codebooks" and seen["pretrain"]["seen_item_bias"] is True
     assert seen == default
 
 

@@ -528,6 +528,22 @@ def fit_quantizer(vectors: Tensor, args: QuantizeArgs) -> tuple[nn.Module, list[
     return train_rqvae(vectors, args)
 
 
+def load_codebooks(semantic_ids_dir: str | Path) -> Tensor:
+    """The residual codebooks `(num_codebooks, codebook_size, dim)` saved by `save_quantizer` in a tokenizer folder
+    (without the disambiguation level, which has no vectors). RQ-VAE's live in its latent space, rkmeans' in the
+    normalised input space."""
+    from safetensors.torch import load_file
+
+    path = Path(semantic_ids_dir) / "quantizer.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the semantic IDs were not written by training/quantize.py")
+    state = load_file(str(path))
+    if "codebooks" in state:  # rkmeans
+        return state["codebooks"]
+    levels = sorted(int(k.split(".")[2]) for k in state if k.endswith("._codebook.embed"))
+    return torch.stack([state[f"quantizer.layers.{level}._codebook.embed"][0] for level in levels])
+
+
 def save_quantizer(
     quantizer: nn.Module, norm_stats: dict[str, Tensor], args: QuantizeArgs, input_dim: int, output_dir: Path
 ) -> None:
