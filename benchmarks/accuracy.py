@@ -571,10 +571,11 @@ def write_reports(results: dict, results_dir: Path) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-# Pretraining settings the ID baselines do not read: `build_id_model` fixes the semantic-ID model's keys, and
-# `id_collator` masks with cloze alone (`bert4rec-id`) or not at all (`sasrec-ce`).
-ID_MODEL_IGNORED = (*ID_MODEL_FIXED, "code_embedding_init", "cloze_prob", "span_prob", "tail_prob", "multi_region_prob", "span_ratio",
-                    "tail_ratio", "multi_region_ratio", "num_regions")
+# Pretraining settings the ID baselines do not read: `build_id_model` fixes the semantic-ID model's keys, their
+# embeddings start at random (they have no codebooks), and `id_collator` masks with cloze alone (`bert4rec-id`) or
+# not at all (`sasrec-ce`).
+ID_MODEL_IGNORED = (*ID_MODEL_FIXED, "code_embedding_init", "code_embedding_init_std", "cloze_prob", "span_prob",
+                    "tail_prob", "multi_region_prob", "span_ratio", "tail_ratio", "multi_region_ratio", "num_regions")
 SASREC_IGNORED = (*ID_MODEL_IGNORED, "cloze_ratio")
 
 
