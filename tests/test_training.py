@@ -240,6 +240,9 @@ def test_cross_domain_pretraining_on_two_datasets(tiny, tmp_path):
               "--extra_semantic_ids_dirs", str(other_sid), "--num_epochs", "1", *TINY_MODEL, *TINY_LOOP]
     with pytest.raises(ValueError, match="cross-domain pretraining needs loss_type=codes"):
         pretrain.main([*common, "--output_dir", str(tmp_path / "bad")])
+    with pytest.raises(ValueError, match="code_embedding_init must be random"):
+        pretrain.main([*common, "--output_dir", str(tmp_path / "bad"), "--loss_type", "codes", "--code_embedding_init",
+                       "codebooks"])
     pretrain.main([*common, "--output_dir", str(tmp_path / "pre"), "--loss_type", "codes"])
     metrics = finetune.main(["--pretrained_dir", str(tmp_path / "pre" / "final"), "--dataset_dir", str(data),
                              "--output_dir", str(tmp_path / "ft"), "--num_epochs", "1", "--loss_type", "codes+items",

@@ -131,6 +131,11 @@ def training_sequences(args: PretrainArgs, tokenizer, loop_args: LoopArgs, model
     extra_sids = [d for d in args.extra_semantic_ids_dirs.split(",") if d]
     if len(extra_data) != len(extra_sids):
         raise ValueError(f"{len(extra_data)} extra datasets but {len(extra_sids)} extra semantic-ID folders")
+    if extra_data and args.code_embedding_init != "random":
+        raise ValueError(
+            "cross-domain pretraining mixes codes from several quantisers: their codebooks do not describe each "
+            "other's items, so code_embedding_init must be random"
+        )
     if extra_data and model_args.use_item_embedding:
         raise ValueError("cross-domain pretraining shares codes, not item ids: use_item_embedding must be False")
     if extra_data and model_args.loss_type != "codes":
