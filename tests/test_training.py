@@ -428,6 +428,17 @@ def test_wide_beauty_config_differs_from_the_default_in_width_only():
     assert wide == default
 
 
+def test_short_beauty_config_differs_from_the_default_in_its_schedules_only():
+    from training.config import load_yaml
+
+    default = load_yaml(REPO_ROOT / "configs" / "beauty.yaml")
+    short = load_yaml(REPO_ROOT / "configs" / "beauty-short.yaml")
+    for section, epochs in (("pretrain", 10), ("finetune", 5)):  # each schedule run to its end
+        assert short[section].pop("num_epochs") == short[section].pop("patience") == epochs
+        default[section].pop("num_epochs"), default[section].pop("patience")
+    assert short == default
+
+
 def test_seen_item_bias_beauty_config_differs_from_the_default_in_the_code_embedding_init_only():
     from training.config import load_yaml
 
