@@ -5,8 +5,8 @@
 
 Each training sequence is masked by a strategy drawn per sequence (cloze, span, tail, multi-region; see
 `training/masking.py`); the model predicts every level's code at masked positions. With `--code_embedding_init
-codebooks` the code embeddings start from stage 2's codebook vectors instead of at random. Validation ranks all items for
-each user's validation target; the best epoch by NDCG@10 is saved to `OUTPUT_DIR/final` (model + tokenizer).
+codebooks` the code embeddings start from stage 2's codebook vectors instead of at random. Validation ranks all
+items for each user's validation target; the best epoch by NDCG@10 is saved to `OUTPUT_DIR/final` (model + tokenizer).
 Cross-domain: `--extra_dataset_dirs` / `--extra_semantic_ids_dirs` add other datasets' training sequences (each
 with its own semantic IDs; the code vocabulary is shared); validation uses the main dataset.
 """
@@ -164,6 +164,8 @@ def main(argv=None):
     model_args, args, loop_args = parse_args(argv, ModelArgs, PretrainArgs, LoopArgs, section="pretrain", description=__doc__)
     if not args.dataset_dir or not args.semantic_ids_dir:
         raise ValueError("--dataset_dir and --semantic_ids_dir are required (or set them in the config's pretrain section)")
+    if args.code_embedding_init not in ("random", "codebooks"):
+        raise ValueError(f"--code_embedding_init must be random or codebooks, got {args.code_embedding_init!r}")
     accelerator = make_accelerator(loop_args, "pretrain")
     tokenizer = SemanticIdTokenizer.from_pretrained(args.semantic_ids_dir, max_len=model_args.max_len - 1)
     with accelerator.main_process_first():
@@ -172,8 +174,6 @@ def main(argv=None):
     model = build_model(model_args, tokenizer)
     if args.code_embedding_init == "codebooks":
         init_code_embeddings(model, load_codebooks(args.semantic_ids_dir), args.code_embedding_init_std, loop_args.seed)
-    elif args.code_embedding_init != "random":
-        raise ValueError(f"--code_embedding_init must be random or codebooks, got {args.code_embedding_init!r}")
     probs = {"cloze": args.cloze_prob, "span": args.span_prob, "tail": args.tail_prob, "multi_region": args.multi_region_prob}
     collator = MultiMaskCollator(
         item_codes=item_codes,
