@@ -343,10 +343,13 @@ def run_row(row: Row, seed: int, ws: Workspace, args: AccuracyArgs) -> dict:
         return most_popular(str(ws.data_dir))
     if row.kind in ("bert4rec-id", "sasrec-ce"):
         ws.main_semantic_ids()
+        own = ws.config.get("id_baselines") or {}
         run = train_id_model(
             row.kind, str(ws.data_dir), str(ws.run_dir(row, seed)), seed, config_path=ws.config_path,
-            overrides=shlex.split(args.train_overrides),
-            finetune_after=args.bert4rec_finetune if row.kind == "bert4rec-id" else False, finetune_name=ws.finetune_name,
+            overrides=as_flags(own.get("pretrain")) + shlex.split(args.train_overrides),
+            finetune_overrides=as_flags(own.get("finetune")) + shlex.split(args.train_overrides),
+            finetune_after=args.bert4rec_finetune if row.kind == "bert4rec-id" else False,
+            finetune_name=f"finetune-{_key(id_baseline_sections(ws.config)['finetune'])}",
         )
     else:
         run = run_qbert4rec(row, seed, ws, args)
@@ -579,20 +582,37 @@ ID_MODEL_IGNORED = (*ID_MODEL_FIXED, "code_embedding_init", "code_embedding_init
 SASREC_IGNORED = (*ID_MODEL_IGNORED, "cloze_ratio")
 
 
+def id_baseline_sections(config: dict) -> dict:
+    """The `pretrain` and `finetune` sections as the ID baselines read them: the config's optional `id_baselines`
+    section holds their own values of some keys (their schedule), which replace those of the two sections."""
+    own = config.get("id_baselines") or {}
+    if not isinstance(own, dict) or set(own) - {"pretrain", "finetune"}:
+        raise ValueError(f"the config's id_baselines section may hold pretrain and finetune mappings only, got {own!r}")
+    return {section: {**(config.get(section) or {}), **(own.get(section) or {})} for section in ("pretrain", "finetune")}
+
+
+def as_flags(settings: dict | None) -> list[str]:
+    """`{"num_epochs": 40, "fp16": False}` -> `["--num_epochs", "40", "--fp16", "false"]`."""
+    return [x for key, value in (settings or {}).items() for x in (f"--{key}", str(value).lower() if isinstance(value, bool) else str(value))]
+
+
 def row_settings(config: dict, row: Row) -> dict:
     """The config settings the runs of `row` read: tuning Q-Bert4Rec leaves the baselines' results valid.
 
     `most-popular` reads the data; the ID baselines the data and their training (not stages 1-2, not the keys above;
-    `sasrec-ce` is not fine-tuned); the Q-Bert4Rec rows the whole config but the pretraining keys their flags set."""
+    `sasrec-ce` is not fine-tuned; `id_baselines` applied); the Q-Bert4Rec rows the whole config but `id_baselines` and
+    the pretraining keys their flags set."""
     pretrain_settings = config.get("pretrain") or {}
     if row.kind == "most-popular":
         return {"data": config.get("data")}
     if row.kind in ("bert4rec-id", "sasrec-ce"):
         ignored = SASREC_IGNORED if row.kind == "sasrec-ce" else ID_MODEL_IGNORED
-        settings = {"data": config.get("data"), "pretrain": {k: v for k, v in pretrain_settings.items() if k not in ignored}}
-        return settings if row.kind == "sasrec-ce" else {**settings, "finetune": config.get("finetune")}
+        sections = id_baseline_sections(config)
+        settings = {"data": config.get("data"), "pretrain": {k: v for k, v in sections["pretrain"].items() if k not in ignored}}
+        return settings if row.kind == "sasrec-ce" else {**settings, "finetune": sections["finetune"]}
     flagged = {flag[2:] for flag in row.pretrain_flags if flag.startswith("--")}
-    return {**config, "pretrain": {k: v for k, v in pretrain_settings.items() if k not in flagged}}
+    return {**{k: v for k, v in config.items() if k != "id_baselines"},
+            "pretrain": {k: v for k, v in pretrain_settings.items() if k not in flagged}}
 
 
 def settings_hash(config: dict, row: Row, args: AccuracyArgs) -> str:

@@ -201,6 +201,7 @@ def train_id_model(
     overrides: list[str] = (),
     finetune_after: bool | None = None,
     finetune_name: str = "finetune",
+    finetune_overrides: list[str] = (),
 ) -> dict:
     """Train an ID baseline, select it on validation NDCG@10, evaluate it on test. Restartable stage by stage.
 
@@ -214,6 +215,7 @@ def train_id_model(
         finetune_after: fine-tune with `training/finetune.py` after training (default: True for `bert4rec-id`,
             False for `sasrec-ce`, which is trained on the next-item task already).
         finetune_name: the fine-tuning folder's name inside `output_dir`.
+        finetune_overrides: extra flags for the `finetune` section.
 
     Returns:
         `{"test": metrics, "train_seconds": float, "stage_seconds": {...}, "validation_ndcg@10": {stage: [...]},
@@ -256,7 +258,7 @@ def train_id_model(
     if finetune_after and stage_done(finetune_dir) is None:
         argv = config + [
             "--pretrained_dir", str(pretrain_dir / BEST), "--dataset_dir", str(dataset_dir), "--output_dir", str(finetune_dir),
-            "--seed", str(seed), "--resume_from_checkpoint", "latest",
+            "--seed", str(seed), "--resume_from_checkpoint", "latest", *finetune_overrides,
         ]
         start = time.perf_counter()
         metrics = finetune.main(argv)

@@ -25,6 +25,7 @@ TINY_CONFIG = {
     "pretrain": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
                  "max_len": 10, "num_epochs": 2, "batch_size": 64, "report_to": "none"},
     "finetune": {"num_epochs": 1, "batch_size": 64, "report_to": "none"},
+    "id_baselines": {"pretrain": {"num_epochs": 3}, "finetune": {"num_epochs": 2}},  # the ID baselines' own schedule
 }
 
 
@@ -126,6 +127,17 @@ def test_each_row_is_keyed_by_the_settings_it_reads():
     assert changed("finetune", "num_epochs", 6) == {"bert4rec-id", "qbert4rec", "qbert4rec/cross-domain"}
     assert changed("pretrain", "hidden_size", 32) == {"bert4rec-id", "sasrec-ce", "qbert4rec", "qbert4rec/cross-domain"}
     assert changed("data", "source", "lcrec") == set(names)
+    # the ID baselines' own schedule replaces the sections' keys for them only
+    own = {**config, "id_baselines": {"pretrain": {"num_epochs": 40}, "finetune": {"num_epochs": 20}}}
+    assert {n for n in names if accuracy.settings_hash(own, rows[n], args) != accuracy.settings_hash(config, rows[n], args)} \
+        == {"bert4rec-id", "sasrec-ce"}
+    same = {**config, "pretrain": {**config["pretrain"], "num_epochs": 40}, "finetune": {"num_epochs": 20},
+            "id_baselines": {"pretrain": {"num_epochs": 40}}}
+    assert accuracy.settings_hash(own, rows["sasrec-ce"], args) == accuracy.settings_hash(same, rows["sasrec-ce"], args)
+    assert accuracy.settings_hash(own, rows["bert4rec-id"], args) == accuracy.settings_hash(same, rows["bert4rec-id"], args)
+    assert accuracy.as_flags({"num_epochs": 40, "fp16": False}) == ["--num_epochs", "40", "--fp16", "false"]
+    with pytest.raises(ValueError, match="pretrain and finetune mappings only"):
+        accuracy.id_baseline_sections({"id_baselines": {"inject": {"dim": 8}}})
 
 
 def test_runs_written_by_another_process_are_merged_not_lost(tmp_path):
@@ -255,7 +267,10 @@ def test_accuracy_writes_every_row_with_metrics(tiny_bench):
     # neural rows record validation NDCG@10 per epoch: 2 pretraining epochs (+ 1 fine-tuning epoch)
     qbert = rows["qbert4rec"]["seeds"]["0"]["validation_ndcg@10"]
     assert (len(qbert["pretrain"]), len(qbert["finetune"])) == (2, 1)
-    assert len(rows["sasrec-ce"]["seeds"]["0"]["validation_ndcg@10"]["pretrain"]) == 2
+    # the ID baselines train on their own schedule (`id_baselines`: 3 pretraining epochs, 2 fine-tuning)
+    assert len(rows["sasrec-ce"]["seeds"]["0"]["validation_ndcg@10"]["pretrain"]) == 3
+    bert4rec = rows["bert4rec-id"]["seeds"]["0"]["validation_ndcg@10"]
+    assert (len(bert4rec["pretrain"]), len(bert4rec["finetune"])) == (3, 2)
     assert rows["bert4rec-id"]["seeds"]["0"]["fine_tuned"] is True
     assert rows["qbert4rec"]["seeds"]["0"]["train_seconds"] > 0
     for name in ("bert4rec-id", "sasrec-ce", "qbert4rec"):  # time to the kept epochs, less than all training
