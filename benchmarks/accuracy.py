@@ -7,7 +7,9 @@
 
 Every row is trained with the dataset's config (`configs/<dataset>.yaml`, read at run time), selected on validation
 NDCG@10 and evaluated on the test split with full ranking over all items, history items kept as candidates; the
-kept model is also evaluated with each history's items removed from the candidates (RecBole's convention).
+kept model is also evaluated with each history's items removed from the candidates (RecBole's convention). The ID
+baselines read the config's optional `id_baselines` section (`pretrain` and `finetune` keys, e.g. their own
+schedule) in place of those keys of the two sections.
 
 Main rows (each over `--seeds`, reported as mean and sample std):
 - `most-popular`: item counts before the target;
@@ -54,7 +56,7 @@ from benchmarks.baselines import CANDIDATES, machine_info, machine_line, most_po
 from benchmarks.baselines import HISTORY_REMOVED, history_removed_test_metrics  # noqa: E402
 from benchmarks.baselines import ID_MODEL_FIXED, seconds_to_selected_epoch, validation_history, write_stage_record  # noqa: E402
 from training import finetune, inject, pipeline, pretrain, quantize  # noqa: E402
-from training.config import default_data_dir, load_yaml, parse_args  # noqa: E402
+from training.config import as_flags, default_data_dir, load_yaml, parse_args  # noqa: E402
 from training.data import DEFAULT_INPUTS  # noqa: E402
 from training.loop import BEST, LoopArgs  # noqa: E402
 
@@ -589,11 +591,6 @@ def id_baseline_sections(config: dict) -> dict:
     if not isinstance(own, dict) or set(own) - {"pretrain", "finetune"}:
         raise ValueError(f"the config's id_baselines section may hold pretrain and finetune mappings only, got {own!r}")
     return {section: {**(config.get(section) or {}), **(own.get(section) or {})} for section in ("pretrain", "finetune")}
-
-
-def as_flags(settings: dict | None) -> list[str]:
-    """`{"num_epochs": 40, "fp16": False}` -> `["--num_epochs", "40", "--fp16", "false"]`."""
-    return [x for key, value in (settings or {}).items() for x in (f"--{key}", str(value).lower() if isinstance(value, bool) else str(value))]
 
 
 def row_settings(config: dict, row: Row) -> dict:

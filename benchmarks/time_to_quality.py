@@ -9,7 +9,8 @@ Issue 6's target on Beauty: test NDCG@10 .0376 (RecBole's SASRec-CE after 38 min
 Each stage stops after the first epoch that ends past its share (`--max_train_seconds`; epochs are not cut), so the
 seconds actually used are reported beside the budget. Validation is not counted, nor are stages 1-2 (features,
 injection, quantisation), which run once per catalogue (their times are in the pipeline's `timings.json`).
-`--*_epochs` size the learning-rate schedules (linear decay over that many epochs) to the budget.
+`--*_epochs` size the learning-rate schedules (linear decay over that many epochs) to the budget; the defaults are
+`configs/beauty.yaml`'s Q-Bert4Rec schedules (10 + 5 epochs).
 Writes `RESULTS_DIR/time_to_quality.json` and `.md`.
 """
 
@@ -36,10 +37,10 @@ class TimeToQualityArgs:
     pipeline_dir: str = field(default="outputs/beauty", metadata={"help": "pipeline folder with data and semantic_ids (made if absent)"})
     models: str = field(default="sasrec-ce,qbert4rec", metadata={"help": f"comma-separated, of {', '.join(MODELS)}"})
     budget_seconds: float = field(default=240.0, metadata={"help": "training seconds per model"})
-    pretrain_share: float = field(default=0.5, metadata={"help": "share of qbert4rec's budget spent pretraining"})
-    sasrec_epochs: int = field(default=8, metadata={"help": "epochs sasrec-ce's learning-rate schedule spans"})
-    pretrain_epochs: int = field(default=6, metadata={"help": "epochs qbert4rec's pretraining schedule spans"})
-    finetune_epochs: int = field(default=3, metadata={"help": "epochs qbert4rec's fine-tuning schedule spans"})
+    pretrain_share: float = field(default=0.33, metadata={"help": "share of qbert4rec's budget spent pretraining"})
+    sasrec_epochs: int = field(default=12, metadata={"help": "epochs sasrec-ce's learning-rate schedule spans"})
+    pretrain_epochs: int = field(default=10, metadata={"help": "epochs qbert4rec's pretraining schedule spans"})
+    finetune_epochs: int = field(default=5, metadata={"help": "epochs qbert4rec's fine-tuning schedule spans"})
     target_ndcg10: float = field(default=0.0376, metadata={"help": "test NDCG@10 to reach"})
     seed: int = field(default=0, metadata={"help": "seed of every run"})
     output_dir: str = field(default="outputs/bench/time_to_quality", metadata={"help": "where the runs go"})

@@ -135,7 +135,6 @@ def test_each_row_is_keyed_by_the_settings_it_reads():
             "id_baselines": {"pretrain": {"num_epochs": 40}}}
     assert accuracy.settings_hash(own, rows["sasrec-ce"], args) == accuracy.settings_hash(same, rows["sasrec-ce"], args)
     assert accuracy.settings_hash(own, rows["bert4rec-id"], args) == accuracy.settings_hash(same, rows["bert4rec-id"], args)
-    assert accuracy.as_flags({"num_epochs": 40, "fp16": False}) == ["--num_epochs", "40", "--fp16", "false"]
     with pytest.raises(ValueError, match="pretrain and finetune mappings only"):
         accuracy.id_baseline_sections({"id_baselines": {"inject": {"dim": 8}}})
 

@@ -15,8 +15,9 @@ from transformers import AutoModel, AutoTokenizer
 
 from tokenization_semantic_id import SemanticIdTokenizer
 from training import evaluate, export, finetune, pretrain
-from training.config import parse_args
+from training.config import as_flags, parse_args
 from training.loop import LoopArgs, make_accelerator, train
+from training.pipeline import OTHER_SECTIONS
 from training.masking import HistoryCollator, MultiMaskCollator
 from training.quantize import codebook_sum
 from training.sequences import check_sequences, encode_split, eval_loader, load_sequences
@@ -135,6 +136,17 @@ def test_config_with_unknown_key_is_refused(tiny, tmp_path):
     config.write_text("pretrain:\n  hiden_size: 32\n")
     with pytest.raises(ValueError, match=r"unknown key\(s\) in section 'pretrain': hiden_size"):
         pretrain.main(["--config", str(config), "--dataset_dir", str(data), "--semantic_ids_dir", str(sid)])
+
+
+def test_settings_become_flags_that_override_the_config(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("pretrain:\n  num_epochs: 3\n  use_item_embedding: true\n")
+    flags = as_flags({"num_epochs": 40, "use_item_embedding": False})
+    assert flags == ["--num_epochs", "40", "--use_item_embedding", "false"]
+    model_args, _, loop_args = parse_args(["--config", str(config), *flags], pretrain.ModelArgs, pretrain.PretrainArgs,
+                                          LoopArgs, section="pretrain")
+    assert (loop_args.num_epochs, model_args.use_item_embedding) == (40, False)
+    assert as_flags(None) == []
 
 
 def test_impossible_model_size_is_refused(tiny, tmp_path):
@@ -412,15 +424,29 @@ def test_shipped_configs_parse_in_every_stage(config):
     sections = {"data": (DataArgs,), "features": (FeatureArgs,), "inject": (InjectArgs,), "quantize": (QuantizeArgs,),
                 "pretrain": (pretrain.ModelArgs, pretrain.PretrainArgs, LoopArgs),
                 "finetune": (finetune.FinetuneArgs, LoopArgs)}
-    assert set(load_yaml(config)) <= {"pipeline", *sections}
+    assert set(load_yaml(config)) <= {"pipeline", *sections, *OTHER_SECTIONS}
+    own = load_yaml(config).get("id_baselines") or {}  # the ID baselines' keys, given as flags by benchmarks/accuracy.py
     for section, dataclass_types in sections.items():
-        parse_args(["--config", str(config)], *dataclass_types, section=section)  # an unknown key raises
+        parse_args(["--config", str(config), *as_flags(own.get(section))], *dataclass_types, section=section)  # unknown keys raise
+
+
+def beauty_with_the_long_schedule() -> dict:
+    """configs/beauty.yaml with Q-Bert4Rec trained on the ID baselines' schedule (up to 40 pretraining epochs at
+    patience 3, then 12 fine-tuning epochs), the schedule the older Beauty configs ran."""
+    from training.config import load_yaml
+
+    config = load_yaml(REPO_ROOT / "configs" / "beauty.yaml")
+    own = config.pop("id_baselines")
+    assert own == {"pretrain": {"num_epochs": 40, "patience": 3}, "finetune": {"num_epochs": 12, "patience": 12}}
+    for section in ("pretrain", "finetune"):
+        config[section].update(own[section])
+    return config
 
 
 def test_wide_beauty_config_differs_from_the_default_in_width_only():
     from training.config import load_yaml
 
-    default = load_yaml(REPO_ROOT / "configs" / "beauty.yaml")
+    default = beauty_with_the_long_schedule()
     wide = load_yaml(REPO_ROOT / "configs" / "beauty-h128.yaml")
     assert wide["pretrain"].pop("hidden_size") == 128 and wide["pretrain"].pop("intermediate_size") == 512
     for key in ("hidden_size", "intermediate_size", "seen_item_bias", "code_embedding_init"):  # (measured before these two)
@@ -428,24 +454,20 @@ def test_wide_beauty_config_differs_from_the_default_in_width_only():
     assert wide == default
 
 
-def test_short_beauty_config_differs_from_the_default_in_its_schedules_only():
-    from training.config import load_yaml
-
-    default = load_yaml(REPO_ROOT / "configs" / "beauty.yaml")
-    short = load_yaml(REPO_ROOT / "configs" / "beauty-short.yaml")
-    for section, epochs in (("pretrain", 10), ("finetune", 5)):  # each schedule run to its end
-        assert short[section].pop("num_epochs") == short[section].pop("patience") == epochs
-        default[section].pop("num_epochs"), default[section].pop("patience")
-    assert short == default
-
-
 def test_seen_item_bias_beauty_config_differs_from_the_default_in_the_code_embedding_init_only():
     from training.config import load_yaml
 
-    default = load_yaml(REPO_ROOT / "configs" / "beauty.yaml")
+    default = beauty_with_the_long_schedule()
     seen = load_yaml(REPO_ROOT / "configs" / "beauty-seen.yaml")
     assert default["pretrain"].pop("code_embedding_init") == "codebooks" and seen["pretrain"]["seen_item_bias"] is True
     assert seen == default
+
+
+def test_beauty_config_runs_each_schedule_to_its_end():
+    from training.config import load_yaml
+
+    config = load_yaml(REPO_ROOT / "configs" / "beauty.yaml")
+    assert [(config[s]["num_epochs"], config[s]["patience"]) for s in ("pretrain", "finetune")] == [(10, 10), (5, 5)]
 
 
 def test_finetune_adds_a_seen_item_logit_that_evaluate_reproduces(tiny, tmp_path):

@@ -42,6 +42,11 @@ def config_file(argv) -> str | None:
     return pre.parse_known_args(argv)[0].config
 
 
+def as_flags(settings: dict | None) -> list[str]:
+    """Config settings as command-line flags: `{"num_epochs": 40, "fp16": False}` -> `["--num_epochs", "40", "--fp16", "false"]`."""
+    return [x for key, value in (settings or {}).items() for x in (f"--{key}", str(value).lower() if isinstance(value, bool) else str(value))]
+
+
 def parse_args(argv, *dataclass_types, section: str | None = None, description: str | None = None):
     """Parse `argv` into one instance of each dataclass, with `--config` YAML defaults.
 
