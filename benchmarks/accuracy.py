@@ -132,7 +132,8 @@ def plan_rows(which: str, item_embedding_in_config: bool) -> list[Row]:
             for s in MASKING
         ],
         # Without the item-ID embedding, pretraining rises slowly at first: on Beauty patience 3 stopped it after 5
-        # epochs (validation N@10 .005, and .002 for cross-domain), so these two rows pretrain for 20 epochs at least.
+        # epochs (validation N@10 .005, and .002 for cross-domain), so these two rows hold off early stopping for 20
+        # epochs (a schedule of fewer epochs, like Beauty's 10, runs to its end anyway).
         Row(f"qbert4rec/{'+' if flip else '-'}item-embedding", "ablation", "qbert4rec",
             f"{'with' if flip else 'without'} the item-ID embedding (inputs and catalogue scores)",
             pretrain_flags=("--use_item_embedding", str(flip).lower(), "--score_item_embedding", str(flip).lower())
