@@ -17,8 +17,8 @@ from tokenization_semantic_id import SemanticIdTokenizer
 from training import evaluate, export, finetune, pretrain
 from training.config import as_flags, parse_args
 from training.loop import LoopArgs, make_accelerator, train
-from training.pipeline import OTHER_SECTIONS
 from training.masking import HistoryCollator, MultiMaskCollator
+from training.pipeline import OTHER_SECTIONS
 from training.quantize import codebook_sum
 from training.sequences import check_sequences, encode_split, eval_loader, load_sequences
 
