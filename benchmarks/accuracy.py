@@ -161,7 +161,8 @@ class Workspace:
         ROOT/runs-<key>/<row>/seed<k>/finetune-<key>                     stage 3b of each run
 
     `stages-<key>` hashes the config sections stages 1-2 read (data, features, inject, quantize), `runs-<key>` every
-    setting but the `finetune` section, and `finetune-<key>` that section: tuning stage 3 reuses stages 1-2, and
+    setting but the `finetune` section, and `finetune-<key>` that section (for the ID baselines, with their
+    `id_baselines` keys applied): tuning stage 3 reuses stages 1-2, and
     tuning the fine-tuning reuses the pretrained models. `pipeline_dir` replaces the main pipeline folder (e.g. the
     `outputs/beauty` of an earlier `training/pipeline.py` run with the same config).
     """
@@ -346,7 +347,7 @@ def run_row(row: Row, seed: int, ws: Workspace, args: AccuracyArgs) -> dict:
         return most_popular(str(ws.data_dir))
     if row.kind in ("bert4rec-id", "sasrec-ce"):
         ws.main_semantic_ids()
-        own = ws.config.get("id_baselines") or {}
+        own = ws.config.get("id_baselines") or {}  # checked by id_baseline_sections when the settings were hashed
         run = train_id_model(
             row.kind, str(ws.data_dir), str(ws.run_dir(row, seed)), seed, config_path=ws.config_path,
             overrides=as_flags(own.get("pretrain")) + shlex.split(args.train_overrides),
