@@ -432,10 +432,13 @@ def test_shipped_configs_parse_in_every_stage(config):
 
 def beauty_with_the_long_schedule() -> dict:
     """configs/beauty.yaml with Q-Bert4Rec trained on the ID baselines' schedule (up to 40 pretraining epochs at
-    patience 3, then 12 fine-tuning epochs), the schedule the older Beauty configs ran."""
+    patience 3, then 12 fine-tuning epochs) and 256 codes per level: the schedule and codebooks the older Beauty
+    configs ran."""
     from training.config import load_yaml
 
     config = load_yaml(REPO_ROOT / "configs" / "beauty.yaml")
+    assert config["quantize"]["codebook_size"] == 512
+    config["quantize"]["codebook_size"] = 256
     own = config.pop("id_baselines")
     assert own == {"pretrain": {"num_epochs": 40, "patience": 3}, "finetune": {"num_epochs": 12, "patience": 12}}
     for section in ("pretrain", "finetune"):
