@@ -457,6 +457,18 @@ def test_wide_beauty_config_differs_from_the_default_in_width_only():
     assert wide == default
 
 
+def test_deeper_beauty_config_differs_from_the_default_in_depth_batch_size_and_weight_decay_only():
+    from training.config import load_yaml
+
+    default = load_yaml(REPO_ROOT / "configs" / "beauty.yaml")
+    deeper = load_yaml(REPO_ROOT / "configs" / "beauty-l3.yaml")
+    assert deeper["pretrain"].pop("num_hidden_layers") == 3 and default["pretrain"].pop("num_hidden_layers") == 2
+    for section in ("pretrain", "finetune"):
+        assert deeper[section].pop("batch_size") == 128 and default[section].pop("batch_size") == 256
+        assert deeper[section].pop("weight_decay") == 0.1 and "weight_decay" not in default[section]
+    assert deeper == default
+
+
 def test_seen_item_bias_beauty_config_differs_from_the_default_in_the_code_embedding_init_only():
     from training.config import load_yaml
 
