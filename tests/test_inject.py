@@ -362,7 +362,8 @@ def test_main_writes_outputs_and_loss_decreases(tmp_path):
     # the saved injector reproduces the embeddings; new items (no trained ID) are embedded from content alone
     modalities = load_modalities(feature_dir, ["text", "image"], TINY_ITEMS)
     reloaded, depth = embed_items(load_injector(output_dir), modalities)
-    assert torch.equal(reloaded, fused["embeddings"]) and torch.equal(depth, fused["depth"])
+    torch.testing.assert_close(reloaded, fused["embeddings"])  # bitwise on one device; main may have run on a GPU
+    assert torch.equal(depth, fused["depth"])
     cold, _ = embed_items(load_injector(output_dir), modalities, new_items=True)
     assert cold.shape == (24, 16) and torch.isfinite(cold).all() and not torch.allclose(cold, reloaded)
 

@@ -247,8 +247,9 @@ def evaluate_model(
             the `[MASK]` position itself.
         dataloader: yields batches from `training.masking.HistoryCollator` (`input_ids`, `attention_mask`,
             `item_indices`, `targets`).
-        accelerator: an `accelerate.Accelerator`; when given, the dataloader should be prepared by it and the
-            per-user metrics are gathered from every process with `gather_for_metrics` (no duplicates).
+        accelerator: an `accelerate.Accelerator`; when given, the dataloader should be prepared by it, the model is
+            moved to its device (e.g. a checkpoint just loaded on the CPU), and the per-user metrics are gathered
+            from every process with `gather_for_metrics` (no duplicates).
         exclude_history: remove the history items from the candidates (the target stays one).
         ks: the cutoffs for Recall@k and NDCG@k.
 
@@ -261,6 +262,8 @@ def evaluate_model(
         model.eval()
     device = accelerator.device if accelerator is not None else _module_device(model)
     scorer = accelerator.unwrap_model(model) if accelerator is not None else model
+    if accelerator is not None and isinstance(scorer, nn.Module):
+        scorer.to(device)
     show_progress = accelerator is None or accelerator.is_local_main_process
     # gather_for_metrics trims the last batch by the dataloader's position, so several processes rank one batch at a
     # time; so do accelerators. One process has nothing to gather.

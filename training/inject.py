@@ -633,7 +633,7 @@ def train_epoch(accelerator, model, optimizer, scheduler, loader, modalities, pa
         optimizer.zero_grad()
         for key, value in {"loss": loss.item(), **parts}.items():
             totals[key] += value
-        progress.set_postfix(loss=f"{loss.item():.3f}")
+        progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)  # shown at the next update
     means = {key: value / len(loader) for key, value in totals.items()}
     return {"epoch": epoch + 1, **means, "seconds": time.time() - started}
 

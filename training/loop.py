@@ -302,7 +302,7 @@ def train(model, tokenizer, train_dataset, collator, eval_loader, args: LoopArgs
                 optimizer.zero_grad()
             total_loss += loss.item()
             batches += 1
-            progress.set_postfix(loss=f"{total_loss / batches:.4f}")
+            progress.set_postfix(loss=f"{total_loss / batches:.4f}", refresh=False)  # shown at the next update
             if batches % RELEASE_MEMORY_EVERY == 0:
                 release_freed_memory()
         epochs.next_epoch = epoch + 1

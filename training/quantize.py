@@ -407,7 +407,7 @@ def train_rqvae(vectors: Tensor, args: QuantizeArgs) -> tuple[RQVAE, list[dict]]
         entry = {"epoch": epoch, "warmup": warmup, **{k: v / seen for k, v in totals.items()}}
         log.append(entry)
         progress.set_postfix(loss=f"{entry['loss']:.4f}", recon=f"{entry['reconstruction_loss']:.4f}")
-    return unwrapped, log
+    return unwrapped.cpu(), log  # codes and statistics are computed on the CPU
 
 
 # Disambiguation and statistics.
