@@ -99,6 +99,11 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tiny, tmp_path):
     assert resumed["history"] == history["history"]
 
 
+def test_training_leaves_no_cache_files_in_the_prepared_dataset(tiny):
+    _, data, _, _ = tiny  # pretrained and fine-tuned on `data` by the fixture
+    assert not sorted(p.name for p in data.rglob("cache-*.arrow"))
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny, tmp_path):
     root, data, sid, _ = tiny
     tokenizer = SemanticIdTokenizer.from_pretrained(sid)
