@@ -462,12 +462,13 @@ def test_wide_beauty_config_differs_from_the_default_in_width_only():
     assert wide == default
 
 
-def test_deeper_beauty_config_differs_from_the_default_in_depth_batch_size_weight_decay_and_dropout_only():
+def test_deeper_beauty_config_differs_from_the_default_in_depth_heads_batch_size_weight_decay_and_dropout_only():
     from training.config import load_yaml
 
     default = load_yaml(REPO_ROOT / "configs" / "beauty.yaml")
     deeper = load_yaml(REPO_ROOT / "configs" / "beauty-l3.yaml")
     assert deeper["pretrain"].pop("num_hidden_layers") == 3 and default["pretrain"].pop("num_hidden_layers") == 2
+    assert deeper["pretrain"].pop("num_attention_heads") == 4 and default["pretrain"].pop("num_attention_heads") == 2
     for dropout in ("hidden_dropout_prob", "attention_probs_dropout_prob"):  # the pretraining default is 0.2
         assert deeper["pretrain"].pop(dropout) == 0.1 and dropout not in default["pretrain"]
     for section in ("pretrain", "finetune"):
