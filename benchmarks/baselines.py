@@ -236,7 +236,7 @@ def train_id_model(
         sequences = load_sequences(dataset_dir)
         train_set = encode_split(sequences["train"], tokenizer).select_columns(["item_indices"])
         if kind == "sasrec-ce":
-            train_set = train_set.filter(lambda row: len(row["item_indices"]) >= 2, keep_in_memory=True, desc="sequences of >= 2 items")
+            train_set = train_set.filter(lambda row: len(row["item_indices"]) >= 2, desc="sequences of >= 2 items")
         if loop_args.max_train_sequences:
             train_set = train_set.select(range(min(loop_args.max_train_sequences, len(train_set))))
         model = build_id_model(model_args, tokenizer, causal=kind == "sasrec-ce")

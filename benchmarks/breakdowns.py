@@ -51,9 +51,9 @@ def without_history_item(split, position: int):
     oldest, -1: the newest); the targets stay."""
     if position not in (0, -1):
         raise ValueError(f"position must be 0 (oldest) or -1 (newest), got {position}")
-    kept = split.filter(lambda row: len(row["item_ids"]) >= 2, keep_in_memory=True, desc="histories of >= 2 items")
+    kept = split.filter(lambda row: len(row["item_ids"]) >= 2, desc="histories of >= 2 items")
     return kept.map(lambda row: {"item_ids": row["item_ids"][1:] if position == 0 else row["item_ids"][:-1]},
-                    keep_in_memory=True, desc="history item dropped")
+                    desc="history item dropped")
 
 
 def ranks_lengths_targets(model, tokenizer, split, batch_size: int):

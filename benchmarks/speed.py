@@ -153,7 +153,7 @@ def build(name: str, args: SpeedArgs, dataset_dir: str):
     train = encode_split(sequences["train"], tokenizer).select_columns(["item_indices"])
     codes = {"item_codes": tokenizer.item_codes, "codebook_size": tokenizer.codebook_size, "max_len": model_args.max_len}
     if name == "sasrec-ce":
-        train = train.filter(lambda row: len(row["item_indices"]) >= 2, keep_in_memory=True)
+        train = train.filter(lambda row: len(row["item_indices"]) >= 2)
         return model, tokenizer, [("train", train, id_collator(name, tokenizer, model_args, pretrain_args, args.seed), pretrain_loop)], note
     if name == "qbert4rec":
         probs = {"cloze": pretrain_args.cloze_prob, "span": pretrain_args.span_prob, "tail": pretrain_args.tail_prob,

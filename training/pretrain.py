@@ -151,7 +151,7 @@ def training_sequences(args: PretrainArgs, tokenizer, loop_args: LoopArgs, model
             raise ValueError(f"{sid_dir}: semantic IDs of another shape than {args.semantic_ids_dir}")
         extra = encode_split(load_sequences(data_dir)["train"], extra_tokenizer)
         shift = offset
-        parts.append(extra.map(lambda row: {"item_indices": [i + shift for i in row["item_indices"]]}, keep_in_memory=True))
+        parts.append(extra.map(lambda row: {"item_indices": [i + shift for i in row["item_indices"]]}))
         tables.append(extra_tokenizer.item_codes)
         offset += extra_tokenizer.num_items
     dataset = concatenate_datasets([part.select_columns(["item_indices"]) for part in parts])

@@ -1,7 +1,4 @@
-"""Prepared user sequences (item ids) -> item-index datasets the collators batch.
-
-The derived datasets are kept in memory (a few MB, made in seconds): cached to disk, every run whose tokenizer hashes
-differently would leave another set of cache files in the prepared dataset's folder (1.5 GB after a day of runs)."""
+"""Prepared user sequences (item ids) -> item-index datasets the collators batch."""
 
 from pathlib import Path
 
@@ -12,12 +9,15 @@ from training.evaluate import gc_paused
 
 
 def load_sequences(dataset_dir) -> DatasetDict:
-    """The `sequences` DatasetDict (`train`, `validation`, `test`) of a prepared dataset folder."""
+    """The `sequences` DatasetDict (`train`, `validation`, `test`) of a prepared dataset folder, read into memory.
+
+    In memory (a few MB), so the datasets derived from it stay in memory too: mapped from the files on disk, every run
+    whose tokenizer hashes differently left another set of cache files in the folder (1.5 GB after a day of runs)."""
     path = Path(dataset_dir) / "sequences"
     if not path.is_dir():
         raise FileNotFoundError(f"{path} not found: run training/prepare_data.py --output_dir {dataset_dir} first")
     try:
-        sequences = load_from_disk(str(path))
+        sequences = load_from_disk(str(path), keep_in_memory=True)
     except IndexError:  # datasets cannot read back a split saved with zero rows
         raise ValueError(f"{path}: a split is empty (no rows could be read)") from None
     return check_sequences(sequences, path)
@@ -42,7 +42,7 @@ def encode_split(split: Dataset, tokenizer) -> Dataset:
             out["target"] = tokenizer.encode_items(batch["target"])
         return out
 
-    return split.map(encode, batched=True, keep_in_memory=True, desc="item ids -> indices")
+    return split.map(encode, batched=True, desc="item ids -> indices")
 
 
 def next_item_examples(train: Dataset, min_history: int = 1) -> Dataset:
@@ -59,9 +59,7 @@ def next_item_examples(train: Dataset, min_history: int = 1) -> Dataset:
                 targets.append(items[t])
         return {"item_indices": histories, "target": targets}
 
-    return train.map(
-        expand, batched=True, remove_columns=train.column_names, keep_in_memory=True, desc="next-item examples"
-    )
+    return train.map(expand, batched=True, remove_columns=train.column_names, desc="next-item examples")
 
 
 def eval_users(split: Dataset) -> list[dict]:
