@@ -4,8 +4,10 @@ Differences from BERT4Rec (Sun et al., CIKM 2019):
 - an item is not one embedding row but the sum of its `num_codebooks` code embeddings (one span of the vocabulary
   per level), optionally plus a learned item-ID embedding;
 - the head predicts each level's code at masked positions, tied to the code embeddings;
-- an item's score is the sum over levels of the log-probability of its code, computed for the whole catalogue at
-  once from the item-code table kept as the buffer `item_codes`: an exact full ranking, no beam search;
+- inputs are item indices; each item's codes come from the catalogue kept as the buffer `item_codes`;
+- an item's score is the sum over levels of its code logits (`item_scores`), an inner product between the history
+  state and the item's summed code embeddings plus a bias, computed for the whole catalogue at once: an exact full
+  ranking, no beam search;
 - positions count back from the newest item, so the `[MASK]` appended for next-item prediction always has
   position 0 and left padding changes nothing;
 - pre-LayerNorm blocks (nanoGPT) with `scaled_dot_product_attention`.
@@ -24,8 +26,10 @@ from transformers.utils import ModelOutput
 
 try:  # inside a checkpoint (remote code) the files form a package
     from .configuration_qbert4rec import QBert4RecConfig
+    from .tokenization_semantic_id import code_token_ids, mask_index, padding_index
 except ImportError:  # installed as flat modules (pip install -e .)
     from configuration_qbert4rec import QBert4RecConfig
+    from tokenization_semantic_id import code_token_ids, mask_index, padding_index
 
 
 # Rows of catalogue logits alive at once in the training loss: one reused buffer of 64 x 12,101 floats (3.1 MB) on
@@ -33,10 +37,18 @@ except ImportError:  # installed as flat modules (pip install -e .)
 ITEM_LOSS_BLOCK = 64
 
 
+def catalogue_scores(states, item_embeddings, item_bias, seen_columns=None, seen_values=None, out=None):
+    """The score of every item after each history: `states` `(M, H)` @ `item_embeddings.T` `(H, N)` + `item_bias`
+    `(N,)`, plus `seen_values` `(M, S)` at each row's `seen_columns` `(M, S)` (`seen_item_columns`) -> `(M, N)`,
+    written into `out` when given. Ranking, `recommend` and the training loss all score items here."""
+    scores = torch.addmm(item_bias, states, item_embeddings.t(), out=out)
+    return scores if seen_columns is None else scores.scatter_add_(1, seen_columns, seen_values)
+
+
 class CatalogueCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy of `states` `(M, H)` against `targets` `(M,)` over the logits
-    `states @ item_embeddings.T + item_bias` `(M, N)`, which never exist whole; with `seen_bias`, a scalar, added at
-    each row's `seen_columns` `(M, S)` times `seen_weights` `(M, S)` (`seen_item_columns`).
+    """Summed cross-entropy of `states` `(M, H)` against `targets` `(M,)` over the item scores `(M, N)` of
+    `catalogue_scores`, which never exist whole; with `seen_bias`, a scalar, added at each row's `seen_columns`
+    `(M, S)` times `seen_weights` `(M, S)` (`seen_item_columns`).
 
     The forward pass works through `ITEM_LOSS_BLOCK` rows at a time in one reused `(ITEM_LOSS_BLOCK, N)` buffer and
     makes the gradients as it goes (softmax minus one-hot, then two products), so backward only scales them: a fused
@@ -74,9 +86,8 @@ class CatalogueCrossEntropy(torch.autograd.Function):
         for start in range(0, len(states32), ITEM_LOSS_BLOCK):
             rows = slice(start, start + ITEM_LOSS_BLOCK)
             block, block_targets = states32[rows], targets[rows, None]  # (m, H), (m, 1)
-            logits = torch.addmm(bias32, block, embeddings32.t(), out=buffer[: len(block)])  # (m, N)
-            if seen_bias is not None:
-                logits.scatter_add_(1, seen_columns[rows], seen_values[rows])
+            seen = (seen_columns[rows], seen_values[rows]) if seen_bias is not None else ()
+            logits = catalogue_scores(block, embeddings32, bias32, *seen, out=buffer[: len(block)])  # (m, N)
             top = logits.amax(dim=1, keepdim=True)
             target_logits = logits.gather(1, block_targets)
             probabilities = logits.sub_(top).exp_()  # in place: the buffer now holds exp(logit - max)
@@ -125,9 +136,9 @@ class QBert4RecEmbeddings(nn.Module):
         super().__init__()
         self.code_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        # Rows num_items and num_items + 1 are padding and [MASK].
+        # One row per item index: the items, then padding and [MASK].
         self.item_embeddings = (
-            nn.Embedding(config.num_items + 2, config.hidden_size, padding_idx=config.num_items)
+            nn.Embedding(mask_index(config.num_items) + 1, config.hidden_size, padding_idx=padding_index(config.num_items))
             if config.use_item_embedding
             else None
         )
@@ -273,8 +284,8 @@ class QBert4RecMaskedItemOutput(ModelOutput):
         logits (`torch.FloatTensor`): per-level code logits, `(num_masked, num_codebooks, codebook_size)` at the
             labelled positions when `labels` is given (`None` with `loss_type="items"`, which does not use them),
             else `(batch, seq_len, num_codebooks, codebook_size)`.
-        last_hidden_state (`torch.FloatTensor` of shape `(batch, seq_len, hidden_size)`): encoder output; `(batch, 1,
-            hidden_size)` when `labels` mark the last position alone (fine-tuning).
+        last_hidden_state (`torch.FloatTensor` of shape `(batch, seq_len, hidden_size)`, without `labels`): encoder
+            output.
     """
 
     loss: torch.FloatTensor | None = None
@@ -289,7 +300,7 @@ class QBert4RecRecommendationOutput(ModelOutput):
     Args:
         item_indices (`torch.LongTensor` of shape `(batch, top_k)`): recommended item indices, best first
             (`tokenizer.decode_items` turns them into item ids).
-        scores (`torch.FloatTensor` of shape `(batch, top_k)`): their scores (sum of per-level code log-probabilities).
+        scores (`torch.FloatTensor` of shape `(batch, top_k)`): their scores (`item_scores`, higher = better).
     """
 
     item_indices: torch.LongTensor | None = None
@@ -313,15 +324,15 @@ class QBert4RecModel(QBert4RecPreTrainedModel):
         """`input_ids` `(B, T, L)` token ids, `attention_mask` `(B, T)`, `item_indices` `(B, T)` -> `BaseModelOutput`
         with `last_hidden_state` `(B, T, H)`, or `(B, 1, H)` (the newest position only) with `last_position_only`.
         `inputs_embeds` `(B, T, H)` optionally replaces the summed code (and item-ID) embeddings of `input_ids`."""
-        if input_ids.dim() != 3 or input_ids.shape[-1] != self.config.num_codebooks:
+        if input_ids is not None and (input_ids.dim() != 3 or input_ids.shape[-1] != self.config.num_codebooks):
             raise ValueError(
                 f"input_ids must have shape (batch, seq_len, num_codebooks={self.config.num_codebooks}), "
                 f"got {tuple(input_ids.shape)}"
             )
-        if input_ids.shape[1] > self.config.max_position_embeddings:
+        seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        if seq_len > self.config.max_position_embeddings:
             raise ValueError(
-                f"sequence of {input_ids.shape[1]} positions exceeds max_position_embeddings="
-                f"{self.config.max_position_embeddings}"
+                f"sequence of {seq_len} positions exceeds max_position_embeddings={self.config.max_position_embeddings}"
             )
         if attention_mask is None:
             attention_mask = (input_ids[..., 0] != self.config.pad_token_id).long()
@@ -330,7 +341,13 @@ class QBert4RecModel(QBert4RecPreTrainedModel):
 
 
 class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
-    """Encoder + per-level code heads; trains on masked positions and ranks the whole catalogue."""
+    """Encoder + per-level code heads over the catalogue; trains on masked positions and ranks the whole catalogue.
+
+    Inputs are item indices (`SemanticIdTokenizer` returns them): `[0, num_items)` are items, `padding_index` and
+    `mask_index` (`tokenization_semantic_id`) padding and `[MASK]`. Each item's codes come from the buffer
+    `item_codes`, so the model never sees a code it was not built with."""
+
+    main_input_name = "item_indices"
 
     def __init__(self, config: QBert4RecConfig):
         super().__init__(config)
@@ -339,6 +356,23 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
         # The catalogue: codes of every item in index order, saved with the weights.
         self.register_buffer("item_codes", torch.zeros(config.num_items, config.num_codebooks, dtype=torch.long))
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, with a clear error when `config.json` and the weights disagree."""
+        try:
+            return super().from_pretrained(*args, **kwargs)
+        except RuntimeError as error:
+            if "ignore_mismatched_sizes" not in str(error):
+                raise
+            raise ValueError(
+                "the weights do not fit config.json (the load report above names the tensors): its num_items, "
+                "num_codebooks, codebook_size or hidden_size differ from the saved model's, e.g. item_codes holds one "
+                "row per item. config.json and model.safetensors come from different saves: use the config.json saved "
+                "with these weights"
+            ) from None
+
+    # -- The catalogue ---------------------------------------------------------------------------------------------
 
     def set_item_codes(self, item_codes, fingerprint=None):
         """Install the catalogue `(num_items, num_codebooks)` of codes (e.g. `tokenizer.item_codes`), and the
@@ -370,15 +404,30 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
                 "order (table fingerprints differ); load both from the same checkpoint"
             )
 
-    def _level_offsets(self):
-        """`(num_codebooks,)` token id of code 0 of each level."""
-        levels = torch.arange(self.config.num_codebooks, device=self.item_codes.device)
-        return self.config.num_special_tokens + self.config.codebook_size * levels
+    def code_tokens(self, item_indices):
+        """Item indices `(...)` -> the code token ids `(..., num_codebooks)` of each item; padding and `[MASK]`
+        positions hold `pad_token_id` and `mask_token_id` at every level."""
+        num_items = self.config.num_items
+        tokens = code_token_ids(self.item_codes[item_indices.clamp(max=num_items - 1)], self.config.codebook_size)
+        tokens = tokens.masked_fill((item_indices == padding_index(num_items))[..., None], self.config.pad_token_id)
+        return tokens.masked_fill((item_indices == mask_index(num_items))[..., None], self.config.mask_token_id)
 
-    @property
-    def item_token_ids(self):
-        """`(num_items, num_codebooks)` token ids of every item's codes."""
-        return self.item_codes + self._level_offsets()
+    def _check_inputs(self, item_indices, attention_mask):
+        """Refuse what is not a `(batch, seq_len)` tensor of this catalogue's item indices."""
+        for name, tensor in (("item_indices", item_indices), ("attention_mask", attention_mask)):
+            if tensor is not None and not isinstance(tensor, torch.Tensor):
+                raise TypeError(
+                    f"{name} must be a tensor, got {type(tensor).__name__}: call the tokenizer with "
+                    "return_tensors='pt'"
+                )
+        if item_indices.dim() != 2:
+            raise ValueError(f"item_indices must have shape (batch, seq_len), got {tuple(item_indices.shape)}")
+        if item_indices.numel() and (item_indices.min() < 0 or item_indices.max() > mask_index(self.config.num_items)):
+            raise ValueError(
+                f"item_indices outside [0, {mask_index(self.config.num_items)}]: the tokenizer was built for a "
+                f"different item table than this model ({self.config.num_items} items); load both from the same "
+                "checkpoint"
+            )
 
     def _cached(self, name, sources, build):
         """`build()`, a table made from the tensors `sources`, cached while no gradient is taken until one of them
@@ -403,7 +452,8 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
             sources.append(embeddings.item_embeddings.weight)
 
         def build():
-            item_embeddings = embeddings.code_embeddings(self.item_token_ids).sum(1)  # (num_items, L, H) -> (num_items, H)
+            tokens = code_token_ids(self.item_codes, self.config.codebook_size)  # (num_items, L)
+            item_embeddings = embeddings.code_embeddings(tokens).sum(1)  # (num_items, L, H) -> (num_items, H)
             if self.config.score_item_embedding:
                 item_embeddings = item_embeddings + embeddings.item_embeddings.weight[: self.config.num_items]
             levels = torch.arange(self.config.num_codebooks, device=self.item_codes.device)
@@ -412,207 +462,168 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
         return self._cached("item_table", sources, build)
 
     def _input_table(self):
-        """Each item's input embedding `(num_items + 2, H)` (the last two rows: padding and `[MASK]`): its summed code
-        embeddings, plus its item-ID embedding with `use_item_embedding`. Inference looks a history up in it, one row
-        per position, instead of summing `num_codebooks` code embeddings per position. Cached like `_item_table`."""
+        """Each item index's input embedding `(num_items + 2, H)` (the last two rows: padding and `[MASK]`): its
+        summed code embeddings, plus its item-ID embedding with `use_item_embedding`. Inference looks a history up in
+        it, one row per position, instead of summing `num_codebooks` code embeddings per position. Cached like
+        `_item_table`."""
         embeddings = self.qbert4rec.embeddings
         sources = [embeddings.code_embeddings.weight, self.item_codes]
         if self.config.use_item_embedding:
             sources.append(embeddings.item_embeddings.weight)
 
         def build():
-            specials = self.item_codes.new_tensor([[self.config.pad_token_id], [self.config.mask_token_id]])
-            tokens = torch.cat([self.item_token_ids, specials.expand(2, self.config.num_codebooks)])  # (num_items + 2, L)
-            table = embeddings.code_embeddings(tokens).sum(1)
+            every_index = torch.arange(mask_index(self.config.num_items) + 1, device=self.item_codes.device)
+            table = embeddings.code_embeddings(self.code_tokens(every_index)).sum(1)  # (num_items + 2, H)
             return table + embeddings.item_embeddings.weight if self.config.use_item_embedding else table
 
         return self._cached("input_table", sources, build)
+
+    # -- Encoding and training -------------------------------------------------------------------------------------
+
+    def _encode(self, item_indices, attention_mask, last_position_only=False):
+        """Item indices `(B, T)` -> encoder states `(B, T, H)` (`(B, 1, H)` with `last_position_only`). Inference
+        reads each item's summed embeddings from one table (the same values, fewer lookups)."""
+        if torch.is_grad_enabled():
+            tokens, inputs_embeds = self.code_tokens(item_indices), None
+        else:
+            tokens, inputs_embeds = None, self._input_table()[item_indices]  # (B, T, H)
+        return self.qbert4rec(tokens, attention_mask, item_indices, last_position_only=last_position_only,
+                              inputs_embeds=inputs_embeds).last_hidden_state
 
     def _seen_items(self, item_indices, num_labelled_positions):
         """`(B, P, T)`: the items each of the last `num_labelled_positions` positions P has seen, from
         `item_indices` `(B, T)` (padding and `[MASK]` >= num_items): the whole row, or with `is_causal` the row up to
         that position."""
-        if item_indices is None:
-            raise ValueError("seen_item_bias=True needs item_indices (the collators and the tokenizer return them)")
         B, T = item_indices.shape
         seen = item_indices[:, None, :].expand(B, T, T)
         if self.config.is_causal:
             future = torch.ones(T, T, dtype=torch.bool, device=item_indices.device).triu(1)  # [t, s]: s > t
-            seen = seen.masked_fill(future, self.config.num_items)
+            seen = seen.masked_fill(future, padding_index(self.config.num_items))
         return seen[:, T - num_labelled_positions :]
 
     def _item_cross_entropy(self, states, target_items, seen=None):
-        """Mean catalogue cross-entropy of states `(M, H)` against item indices `(M,)` (-100 ignored), with the
-        `seen_item_bias` at each row's seen items `seen` `(M, S)` when given.
+        """Mean catalogue cross-entropy of states `(M, H)` against item indices `(M,)`, with the `seen_item_bias`
+        at each row's seen items `seen` `(M, S)` when given.
 
         Pretraining has thousands of masked positions per batch: their `(M, num_items)` logits, softmax and gradient
         would take hundreds of megabytes (about 0.5 GB for 3,500 positions and 12,101 items). `CatalogueCrossEntropy`
         keeps `ITEM_LOSS_BLOCK` rows of them at a time instead, whatever M."""
-        keep = target_items != -100
-        states, target_items = states[keep], target_items[keep]
         seen_bias = ()
         if seen is not None:
-            seen_bias = (*seen_item_columns(seen[keep], self.config.num_items), self.head.seen_item_bias)
+            seen_bias = (*seen_item_columns(seen, self.config.num_items), self.head.seen_item_bias)
         return CatalogueCrossEntropy.apply(states, target_items, *self._item_table(), *seen_bias) / len(states)
 
-    def _items_of_codes(self, codes):
-        """Code tuples `(M, L)` -> item indices `(M,)` (-100 for a tuple outside the catalogue)."""
-        base = self.config.codebook_size ** torch.arange(self.config.num_codebooks, device=codes.device)
-        catalogue_keys = (self.item_codes * base).sum(1)  # (num_items,), unique
-        sorted_keys, order = catalogue_keys.sort()
-        keys = (codes * base).sum(1)
-        position = torch.searchsorted(sorted_keys, keys).clamp(max=len(sorted_keys) - 1)
-        found = sorted_keys[position] == keys
-        return torch.where(found, order[position], torch.full_like(keys, -100))
-
-    def _check_item_table(self, input_ids, item_indices):
-        """Refuse inputs whose codes disagree with this model's table (a tokenizer from another run)."""
-        if item_indices is None:
-            return
-        real = item_indices < self.config.num_items
-        if (item_indices < 0).any() or (item_indices > self.config.num_items + 1).any():
-            raise ValueError(
-                f"item_indices outside [0, {self.config.num_items + 1}]: the tokenizer was built for a different "
-                f"item table than this model ({self.config.num_items} items)"
-            )
-        expected = self.item_token_ids[item_indices.clamp(max=self.config.num_items - 1)]
-        if not torch.equal(expected[real], input_ids[real]):
-            raise ValueError(
-                "input_ids do not match this model's item table: the tokenizer was built for a different item "
-                "table (another run or catalogue); load the tokenizer from the same checkpoint as the model"
-            )
-
-    def forward(self, input_ids, attention_mask=None, item_indices=None, labels=None, **kwargs):
+    def forward(self, item_indices, attention_mask=None, labels=None, **kwargs):
         """Masked item modelling.
 
         Args:
-            input_ids (`torch.LongTensor` of shape `(batch, seq_len, num_codebooks)`): code token ids, `[MASK]` at
-                every level of masked positions, `[PAD]` at padding.
-            attention_mask (`torch.LongTensor` of shape `(batch, seq_len)`): 1 for items (masked or not), 0 for padding.
-            item_indices (`torch.LongTensor` of shape `(batch, seq_len)`, *optional*): item index per position
-                (padding `num_items`, masked `num_items + 1`); needed with `use_item_embedding`.
-            labels (`torch.LongTensor` of shape `(batch, seq_len, num_codebooks)`, *optional*): original token ids at
-                masked positions, -100 elsewhere.
+            item_indices (`torch.LongTensor` of shape `(batch, seq_len)`): left-padded item indices, `mask_index` at
+                masked positions and `padding_index` at padding.
+            attention_mask (`torch.LongTensor` of shape `(batch, seq_len)`): 1 for items (masked or not), 0 for
+                padding (default: derived from `padding_index`).
+            labels (`torch.LongTensor` of shape `(batch, seq_len)`, *optional*): the original item index at masked
+                positions, -100 elsewhere.
+
+        Returns:
+            [`QBert4RecMaskedItemOutput`]: with `labels`, the loss and the code logits of the labelled positions;
+            without, the code logits and encoder states of every position.
         """
-        if labels is not None and labels.shape != input_ids.shape:
-            raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
-        # Fine-tuning labels the appended [MASK] alone: the last layer then computes that position only (the same
-        # outputs there, as in `history_states`), and `last_hidden_state` is `(B, 1, H)`.
-        last_only = labels is not None and labels.shape[1] > 1 and not (labels[:, :-1, 0] != -100).any()
-        hidden = self.qbert4rec(input_ids, attention_mask, item_indices, last_position_only=last_only).last_hidden_state
-        weight = self.qbert4rec.embeddings.code_embeddings.weight
+        attention_mask = self._attention_mask(item_indices, attention_mask)
         if labels is None:
+            hidden = self._encode(item_indices, attention_mask)
+            weight = self.qbert4rec.embeddings.code_embeddings.weight
             return QBert4RecMaskedItemOutput(logits=self.head(hidden, weight), last_hidden_state=hidden)
+        if labels.shape != item_indices.shape:
+            raise ValueError(f"labels must have the shape of item_indices {tuple(item_indices.shape)}, got "
+                             f"{tuple(labels.shape)}")
+        labelled = labels != -100  # (B, T)
+        if ((labels[labelled] < 0) | (labels[labelled] >= self.config.num_items)).any():
+            raise ValueError(f"labels must be item indices in [0, {self.config.num_items}) or -100")
+        # Fine-tuning labels the appended [MASK] alone: the last layer then computes that position only.
+        last_only = labels.shape[1] > 1 and not labelled[:, :-1].any()
+        hidden = self._encode(item_indices, attention_mask, last_position_only=last_only)
         if last_only:
-            labels = labels[:, -1:]
-        labelled = labels[..., 0] != -100  # (B, T), T = 1 when only the last position is labelled
+            labels, labelled = labels[:, -1:], labelled[:, -1:]
         states = self.head.transform(hidden[labelled])  # (M, H): only labelled positions (sparse prediction)
-        targets = labels[labelled] - self._level_offsets()  # (M, L) codes
-        if labelled.any() and ((targets < 0) | (targets >= self.config.codebook_size)).any():
-            raise ValueError("labels must be code token ids (or -100): found a special token or a code of another level")
+        target_items = labels[labelled]  # (M,)
         loss = states.sum() * 0.0  # stays 0 (with a graph) when nothing is labelled
         logits = None  # the `items` loss needs no code logits (for the ID baselines, (M, num_items) of them)
         if self.config.loss_type in ("codes", "codes+items"):
-            logits = self.head.code_logits(states, weight)  # (M, L, K)
+            logits = self.head.code_logits(states, self.qbert4rec.embeddings.code_embeddings.weight)  # (M, L, K)
             if labelled.any():
+                targets = self.item_codes[target_items]  # (M, L) codes
                 loss = loss + F.cross_entropy(logits.reshape(-1, self.config.codebook_size), targets.reshape(-1))
-        target_items = self._items_of_codes(targets)  # (M,), -100 where the tuple is not in the catalogue
-        if self.config.loss_type in ("items", "codes+items") and (target_items != -100).any():
+        if self.config.loss_type in ("items", "codes+items") and labelled.any():
             seen = None
             if self.head.seen_item_bias is not None:
                 seen = self._seen_items(item_indices, labels.shape[1])[labelled]  # (M, T)
             loss = loss + self._item_cross_entropy(states, target_items, seen)
-        return QBert4RecMaskedItemOutput(loss=loss, logits=logits, last_hidden_state=hidden)
+        return QBert4RecMaskedItemOutput(loss=loss, logits=logits)
 
-    def _left_padded_mask(self, input_ids, attention_mask):
-        """The `(B, T)` attention mask (derived from `[PAD]` when `None`); refuses right-padded histories."""
+    # -- Scoring the catalogue -------------------------------------------------------------------------------------
+
+    def _attention_mask(self, item_indices, attention_mask):
+        """The `(B, T)` attention mask (derived from `padding_index` when `None`), after checking the inputs;
+        refuses right-padded histories."""
+        self._check_inputs(item_indices, attention_mask)
         if attention_mask is None:
-            attention_mask = (input_ids[..., 0] != self.config.pad_token_id).long()
-        lengths = attention_mask.sum(1)
-        if (attention_mask[:, -1] == 0).logical_and(lengths > 0).any():
+            attention_mask = (item_indices != padding_index(self.config.num_items)).long()
+        if (attention_mask[:, -1] == 0).logical_and(attention_mask.sum(1) > 0).any():
             raise ValueError("histories must be left-padded (newest item last), as the SemanticIdTokenizer returns them")
         return attention_mask
 
-    def _append_mask(self, input_ids, attention_mask, item_indices):
-        """Append one `[MASK]` position after each (left-padded) history."""
-        B = input_ids.shape[0]
-        attention_mask = self._left_padded_mask(input_ids, attention_mask)
-        mask_ids = input_ids.new_full((B, 1, self.config.num_codebooks), self.config.mask_token_id)
-        input_ids = torch.cat([input_ids, mask_ids], dim=1)[:, -self.config.max_position_embeddings :]
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)[
-            :, -self.config.max_position_embeddings :
-        ]
-        if item_indices is not None:
-            masked = item_indices.new_full((B, 1), self.config.num_items + 1)
-            item_indices = torch.cat([item_indices, masked], dim=1)[:, -self.config.max_position_embeddings :]
-        return input_ids, attention_mask, item_indices
-
-    def history_states(self, input_ids, attention_mask=None, item_indices=None):
-        """The prediction state after each history, `(batch, hidden_size)`: what `item_logits` scores the catalogue
-        against. Inputs as for `score_items`."""
-        self._check_item_table(input_ids, item_indices)
-        if self.config.is_causal:  # causal: predict from the newest history position
-            attention_mask = self._left_padded_mask(input_ids, attention_mask)
-        else:  # bidirectional: predict at a [MASK] after the history
-            input_ids, attention_mask, item_indices = self._append_mask(input_ids, attention_mask, item_indices)
-        # Inference reads the summed embeddings of each item from one table (the same values, fewer lookups).
-        lookup = item_indices is not None and not torch.is_grad_enabled()
-        inputs_embeds = self._input_table()[item_indices] if lookup else None  # (B, T, H)
-        hidden = self.qbert4rec(input_ids, attention_mask, item_indices, last_position_only=True,
-                                inputs_embeds=inputs_embeds).last_hidden_state[:, -1]  # (B, H)
+    def history_states(self, item_indices, attention_mask=None):
+        """The prediction state after each left-padded history `(batch, seq_len)`, `(batch, hidden_size)`: what
+        `item_scores` scores the catalogue against."""
+        attention_mask = self._attention_mask(item_indices, attention_mask)
+        if not self.config.is_causal:  # bidirectional: predict at a [MASK] appended after the history
+            B, keep = item_indices.shape[0], self.config.max_position_embeddings
+            masked = item_indices.new_full((B, 1), mask_index(self.config.num_items))
+            item_indices = torch.cat([item_indices, masked], dim=1)[:, -keep:]
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)[:, -keep:]
+        hidden = self._encode(item_indices, attention_mask, last_position_only=True)[:, -1]  # (B, H)
         return self.head.transform(hidden)  # (B, H)
 
-    def item_logits(self, states, item_indices=None):
-        """Prediction states `(M, H)` -> item logits `(M, num_items)`, the sum of each item's code logits (plus its
-        item-ID term with `score_item_embedding`, and with `seen_item_bias` the learned logit at the items of each
-        row's history `item_indices` `(M, T)`, which it then needs).
-
-        They differ from `score_items` by one constant per row (the code log-normalisers), so they rank the items
-        the same; evaluation ranks these directly. The sum over levels is one matmul with each item's summed code
-        embeddings (and summed biases), never a gather per level of size `(M, num_items)`."""
-        logits = F.linear(states, *self._item_table())  # (M, num_items)
+    def item_scores(self, states, item_indices=None):
+        """Prediction states `(M, H)` -> the score of every item `(M, num_items)`: the sum of the item's code logits,
+        plus its item-ID term with `score_item_embedding`, and with `seen_item_bias` the learned logit at the items
+        of each row's history `item_indices` `(M, T)`, which it then needs. Evaluation, `recommend` and (blockwise)
+        the training loss score items through `catalogue_scores`."""
         if self.head.seen_item_bias is None:
-            return logits
+            return catalogue_scores(states, *self._item_table())
         if item_indices is None:
             raise ValueError("this model adds a learned logit to history items (seen_item_bias=True): pass item_indices")
         columns, weights = seen_item_columns(item_indices, self.config.num_items)
-        return logits.scatter_add_(1, columns, weights * self.head.seen_item_bias.to(logits.dtype))
+        return catalogue_scores(states, *self._item_table(), columns, weights * self.head.seen_item_bias.to(states.dtype))
 
-    def score_items(self, input_ids, attention_mask=None, item_indices=None, **kwargs):
+    def score_items(self, item_indices, attention_mask=None, **kwargs):
         """Score every item as the next one after each history.
 
         Args:
-            input_ids (`(batch, seq_len, num_codebooks)`), attention_mask (`(batch, seq_len)`), item_indices
-                (`(batch, seq_len)`): left-padded histories, as returned by the tokenizer.
+            item_indices (`(batch, seq_len)`), attention_mask (`(batch, seq_len)`): left-padded histories, as the
+                tokenizer returns them.
 
         Returns:
-            `torch.FloatTensor` of shape `(batch, num_items)`: sum over levels of each item's code log-probability.
+            `torch.FloatTensor` of shape `(batch, num_items)`, higher = better (`item_scores`).
         """
-        states = self.history_states(input_ids, attention_mask, item_indices)  # (B, H)
-        code_logits = self.head.code_logits(states, self.qbert4rec.embeddings.code_embeddings.weight)  # (B, L, K)
-        # Sum over levels of log p(code) = sum of the item's code logits - sum over levels of logsumexp.
-        # (With score_item_embedding the item-ID term is added too; the per-history constant does not change ranks.)
-        log_normaliser = code_logits.logsumexp(-1).sum(-1, keepdim=True)  # (B, 1)
-        return self.item_logits(states, item_indices).sub_(log_normaliser)  # (B, num_items)
+        return self.item_scores(self.history_states(item_indices, attention_mask), item_indices)
 
     @torch.no_grad()
-    def recommend(self, input_ids, attention_mask=None, item_indices=None, top_k=10, exclude_history=False, **kwargs):
+    def recommend(self, item_indices, attention_mask=None, top_k=10, exclude_history=False, **kwargs):
         """Top-k next items for a batch of histories.
 
         Args:
-            input_ids, attention_mask, item_indices: the tokenizer's output (left-padded histories).
+            item_indices, attention_mask: the tokenizer's output (left-padded histories).
             top_k (`int`): items to return per history.
-            exclude_history (`bool`): never recommend an item already in the history (needs `item_indices`).
+            exclude_history (`bool`): never recommend an item already in the history.
 
         Returns:
             [`QBert4RecRecommendationOutput`] with `item_indices` and `scores`, each `(batch, top_k)`.
         """
         if not 1 <= top_k <= self.config.num_items:
             raise ValueError(f"top_k must be in [1, num_items={self.config.num_items}], got {top_k}")
-        scores = self.score_items(input_ids, attention_mask, item_indices)
+        scores = self.score_items(item_indices, attention_mask)
         if exclude_history:
-            if item_indices is None:
-                raise ValueError("exclude_history=True needs item_indices (the tokenizer returns them)")
             seen = item_indices.clamp(max=self.config.num_items)  # padding and [MASK] -> the extra column
             extra = torch.zeros_like(scores[:, :1])
             scores = torch.cat([scores, extra], dim=1).scatter(1, seen, -math.inf)[:, :-1]

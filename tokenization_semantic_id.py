@@ -1,23 +1,80 @@
-"""SemanticIdTokenizer: the table item id <-> semantic ID, and histories -> Q-Bert4Rec model inputs.
+"""SemanticIdTokenizer and the catalogue: item id <-> item index <-> semantic ID, and histories -> model inputs.
 
-An item's semantic ID is a tuple of `num_codebooks` codes, each in `[0, codebook_size)`; the last level
-disambiguates items whose other codes collide, so every tuple is unique. Level `l`'s code `c` is the token
-`<{letter}_{c}>` (letters a, b, c, ...) with id `num_special_tokens + l * codebook_size + c`; ids below
-`num_special_tokens` are `[PAD]`, `[MASK]`, `[UNK]`, `[SEP]`. The item order of the table is the model's item
-index order.
+This file owns every fact of the catalogue; the model, the collators and the evaluation ask it:
+- the **item index** of an item is its row in the table (`item_ids`, `item_codes`); indices `num_items` and
+  `num_items + 1` are `[PAD]` and `[MASK]` (`padding_index`, `mask_index`);
+- an item's **semantic ID** is a tuple of `num_codebooks` codes, each in `[0, codebook_size)`; the last level
+  disambiguates items whose other codes collide, so every tuple is unique;
+- level `l`'s code `c` is the token `<{letter}_{c}>` (letters a, b, c, ...) with token id
+  `num_special_tokens + l * codebook_size + c` (`code_token_ids`); token ids below `num_special_tokens` are
+  `[PAD]`, `[MASK]`, `[UNK]`, `[SEP]`;
+- model inputs are item indices, left-padded: the newest item is the last position (`left_pad`).
 """
 
 import hashlib
 import json
+import logging
 import os
 import string
 import tempfile
+from itertools import chain
 
+import numpy as np
 import torch
 from transformers import BatchEncoding, PreTrainedTokenizer
 
+logger = logging.getLogger(__name__)
+
 SPECIAL_TOKENS = ("[PAD]", "[MASK]", "[UNK]", "[SEP]")
+NUM_SPECIAL_TOKENS = len(SPECIAL_TOKENS)
 UNKNOWN_ITEM_POLICIES = ("error", "skip")
+EMPTY_HISTORY_POLICIES = ("allow", "error")
+
+
+def padding_index(num_items: int) -> int:
+    """The item index of a padding position in a catalogue of `num_items` items."""
+    return num_items
+
+
+def mask_index(num_items: int) -> int:
+    """The item index of a `[MASK]` position (the item to predict) in a catalogue of `num_items` items."""
+    return num_items + 1
+
+
+def code_token_ids(codes: torch.Tensor, codebook_size: int) -> torch.Tensor:
+    """Codes `(..., num_codebooks)` -> their token ids `(..., num_codebooks)`: level `l`'s code `c` is token
+    `NUM_SPECIAL_TOKENS + l * codebook_size + c`."""
+    levels = torch.arange(codes.shape[-1], device=codes.device)
+    return codes + NUM_SPECIAL_TOKENS + levels * codebook_size
+
+
+def left_pad(sequences: list, keep: int, pad: int, extra_slots: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the newest `keep` items of each sequence (lists of item indices, oldest first) and left-pad them with
+    `pad`, leaving `extra_slots` padded columns at the end.
+
+    Returns:
+        long `(B, T + extra_slots)` item indices and bool `(B, T + extra_slots)`, True at the kept items, with T the
+        longest kept sequence. Done in numpy: many tiny torch ops are slow on CPU.
+    """
+    kept = [seq[max(len(seq) - keep, 0) :] if keep > 0 else [] for seq in sequences]
+    lengths = np.fromiter((len(seq) for seq in kept), dtype=np.int64, count=len(kept))  # (B,)
+    width, total = int(lengths.max(initial=0)), int(lengths.sum())
+    flat = np.asarray(list(chain.from_iterable(kept)))  # (total,) all kept items, row after row
+    if total and flat.dtype.kind not in "iu":
+        row = next(b for b, seq in enumerate(kept) if len(seq) and np.asarray(seq).dtype.kind not in "iu")
+        raise ValueError(f"sequence {row}: item indices must be ints, got {list(kept[row][:5])}")
+    # Right-align each row: item j of the flat list, in row r, goes to flat position (r + 1) * T - (end_r - j),
+    # where end_r is the flat offset where row r ends.
+    rows = np.repeat(np.arange(len(kept)), lengths)
+    positions = (rows + 1) * width - np.cumsum(lengths)[rows] + np.arange(total)
+    padded = np.full(len(kept) * width, pad, dtype=np.int64)
+    padded[positions] = flat
+    indices = torch.from_numpy(padded.reshape(len(kept), width))
+    valid = torch.arange(width)[None, :] >= torch.from_numpy(width - lengths)[:, None]
+    if extra_slots:
+        indices = torch.nn.functional.pad(indices, (0, extra_slots), value=pad)
+        valid = torch.nn.functional.pad(valid, (0, extra_slots))
+    return indices, valid
 
 
 def _level_name(level: int) -> str:
@@ -65,7 +122,7 @@ def _validate_table(table: dict, source: str) -> None:
 
 
 class SemanticIdTokenizer(PreTrainedTokenizer):
-    """Maps item ids to semantic-ID tokens and batches of histories to model inputs.
+    """The catalogue's item table, and batches of histories -> model inputs.
 
     Args:
         vocab_file (`str`): path of `semantic_ids.json` (`num_codebooks`, `codebook_size`, `item_ids`, `codes`).
@@ -77,13 +134,17 @@ class SemanticIdTokenizer(PreTrainedTokenizer):
     """
 
     vocab_files_names = {"vocab_file": "semantic_ids.json"}
-    model_input_names = ["input_ids", "attention_mask", "item_indices"]
+    model_input_names = ["item_indices", "attention_mask"]
     padding_side = "left"
     _auto_class = "AutoTokenizer"
 
     def __init__(self, vocab_file=None, max_len=50, unknown_items="error", **kwargs):
         if vocab_file is None or not os.path.isfile(vocab_file):
-            raise ValueError(f"SemanticIdTokenizer needs its table file semantic_ids.json, not found at {vocab_file!r}")
+            where = kwargs.get("name_or_path") or vocab_file
+            raise ValueError(
+                f"SemanticIdTokenizer needs its item table semantic_ids.json, and {where!r} has none: load the "
+                "tokenizer from a checkpoint folder or Hub repo made by save_pretrained (or training/quantize.py)"
+            )
         if unknown_items not in UNKNOWN_ITEM_POLICIES:
             raise ValueError(f"unknown_items must be one of {UNKNOWN_ITEM_POLICIES}, got {unknown_items!r}")
         if not isinstance(max_len, int) or max_len < 1:
@@ -97,16 +158,17 @@ class SemanticIdTokenizer(PreTrainedTokenizer):
         # The table is set before super().__init__, which asks for the vocabulary.
         self.num_codebooks = table["num_codebooks"]
         self.codebook_size = table["codebook_size"]
-        self.num_special_tokens = len(SPECIAL_TOKENS)
+        self.num_special_tokens = NUM_SPECIAL_TOKENS
         self._item_ids = list(table["item_ids"])
         self._item_index = {item_id: i for i, item_id in enumerate(self._item_ids)}
         self.item_codes = torch.tensor(table["codes"], dtype=torch.long)  # (num_items, num_codebooks)
         self.max_len = max_len
         self.unknown_items = unknown_items
         self._vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
-        for level in range(self.num_codebooks):
-            for code in range(self.codebook_size):
-                self._vocab[self._code_token(level, code)] = self._token_id(level, code)
+        every_code = torch.arange(self.codebook_size)[:, None].expand(-1, self.num_codebooks)  # (K, L)
+        for code, token_ids in enumerate(code_token_ids(every_code, self.codebook_size).tolist()):
+            for level, token_id in enumerate(token_ids):
+                self._vocab[self._code_token(level, code)] = token_id
         self._id_to_token = {i: token for token, i in self._vocab.items()}
         kwargs.setdefault("pad_token", "[PAD]")
         kwargs.setdefault("mask_token", "[MASK]")
@@ -132,9 +194,6 @@ class SemanticIdTokenizer(PreTrainedTokenizer):
             return cls(vocab_file=path, max_len=max_len, **kwargs)
 
     # Token ids <-> tokens.
-    def _token_id(self, level: int, code: int) -> int:
-        return self.num_special_tokens + level * self.codebook_size + code
-
     def _code_token(self, level: int, code: int) -> str:
         return f"<{_level_name(level)}_{code}>"
 
@@ -190,13 +249,16 @@ class SemanticIdTokenizer(PreTrainedTokenizer):
         return digest.hexdigest()
 
     @property
-    def item_token_ids(self) -> torch.Tensor:
-        """`(num_items, num_codebooks)` token ids of every item's codes."""
-        offsets = self.num_special_tokens + torch.arange(self.num_codebooks) * self.codebook_size
-        return self.item_codes + offsets
+    def padding_index(self) -> int:
+        return padding_index(self.num_items)
 
     def _lookup(self, item_id, unknown_items=None):
-        index = self._item_index.get(str(item_id))
+        if not isinstance(item_id, str):
+            raise TypeError(
+                f"item ids are strings (the dataset's own ids, e.g. ASINs), got {type(item_id).__name__} {item_id!r}"
+                + (f": pass {str(item_id)!r}" if isinstance(item_id, int) else "")
+            )
+        index = self._item_index.get(item_id)
         if index is None and (unknown_items or self.unknown_items) == "error":
             raise KeyError(
                 f"unknown item id {item_id!r}: it is not in this tokenizer's table of {self.num_items} items "
@@ -230,21 +292,28 @@ class SemanticIdTokenizer(PreTrainedTokenizer):
         return "".join(self._code_token(l, int(c)) for l, c in enumerate(self.item_codes[index]))
 
     # Histories -> model inputs.
-    def __call__(self, histories, return_tensors=None, max_len=None, unknown_items=None, **kwargs):
+    def __call__(self, histories, return_tensors=None, max_len=None, unknown_items=None, empty_histories="allow",
+                 **kwargs):
         """Encode a batch of histories (each a list of item ids, oldest first) into left-padded model inputs.
 
         Args:
             histories: `list[list[str]]`, or one history as `list[str]`.
-            return_tensors: `"pt"` for tensors, `None` for nested lists.
+            return_tensors: `"pt"` for tensors (what the model takes), `None` for nested lists.
             max_len: keep the newest `max_len` items (default: the tokenizer's `max_len`).
             unknown_items: `"error"` or `"skip"` (default: the tokenizer's setting).
+            empty_histories: a history with no (known) item is scored from the `[MASK]` position alone, which
+                ranks items close to popularity: `"allow"` does that and logs a warning, `"error"` raises.
 
         Returns:
-            `BatchEncoding` with `input_ids` `(batch, seq_len, num_codebooks)`, `attention_mask` `(batch, seq_len)` and
-            `item_indices` `(batch, seq_len)` (padding = `num_items`).
+            `BatchEncoding` with `item_indices` `(batch, seq_len)` (padding = `padding_index`) and
+            `attention_mask` `(batch, seq_len)`.
         """
         if kwargs:
             raise TypeError(f"unexpected arguments: {', '.join(kwargs)}")
+        if return_tensors not in ("pt", None):
+            raise ValueError(f"return_tensors must be 'pt' or None, got {return_tensors!r}")
+        if empty_histories not in EMPTY_HISTORY_POLICIES:
+            raise ValueError(f"empty_histories must be one of {EMPTY_HISTORY_POLICIES}, got {empty_histories!r}")
         if isinstance(histories, str) or not isinstance(histories, (list, tuple)):
             raise TypeError("histories must be a list of item-id lists (or one list of item ids), not a string")
         if len(histories) == 0:
@@ -259,18 +328,18 @@ class SemanticIdTokenizer(PreTrainedTokenizer):
         for history in histories:
             if isinstance(history, str) or not isinstance(history, (list, tuple)):
                 raise TypeError(f"each history must be a list of item ids, got {type(history).__name__}")
-            rows.append(self.encode_items(history, unknown_items)[-max_len:])
-        seq_len = max(1, max(len(r) for r in rows))
-        item_indices = torch.full((len(rows), seq_len), self.num_items, dtype=torch.long)
-        for b, row in enumerate(rows):
-            if row:
-                item_indices[b, seq_len - len(row) :] = torch.tensor(row)
-        attention_mask = (item_indices != self.num_items).long()
-        table = torch.cat([self.item_token_ids, torch.full((1, self.num_codebooks), self.pad_token_id)])
-        input_ids = table[item_indices]  # (batch, seq_len, num_codebooks)
-        data = {"input_ids": input_ids, "attention_mask": attention_mask, "item_indices": item_indices}
-        if return_tensors != "pt":
-            if return_tensors is not None:
-                raise ValueError(f"return_tensors must be 'pt' or None, got {return_tensors!r}")
+            rows.append(self.encode_items(history, unknown_items))
+        empty = [b for b, row in enumerate(rows) if not row]
+        if empty:
+            message = (f"{len(empty)} of {len(rows)} histories (first: {empty[0]}) hold no known item: they are scored "
+                       "from the [MASK] position alone, which ranks items close to popularity")
+            if empty_histories == "error":
+                raise ValueError(message)
+            logger.warning(message + "; pass empty_histories='error' to refuse them")
+        item_indices, valid = left_pad(rows, keep=max_len, pad=self.padding_index)
+        if item_indices.shape[1] == 0:  # every history empty: one padding column
+            item_indices, valid = left_pad(rows, keep=max_len, pad=self.padding_index, extra_slots=1)
+        data = {"item_indices": item_indices, "attention_mask": valid.long()}
+        if return_tensors is None:
             data = {k: v.tolist() for k, v in data.items()}
         return BatchEncoding(data)

@@ -24,10 +24,9 @@ Ablation rows (first seed only), each one change to `qbert4rec`:
 - `qbert4rec/no-image`, `qbert4rec/no-structure`: stage 1 without that modality (n/a when the dataset lacks it);
 - `qbert4rec/text-only`: stage 1 on text alone (n/a without images: there it is `no-structure`);
 - `qbert4rec/no-gate`: stage 1 at fixed depth (`inject --use_gate false`);
-- `qbert4rec/mask-<strategy>`: pretraining with one masking strategy alone (cloze, span, tail, multi_region);
-- `qbert4rec/+item-embedding` (or `-item-embedding` when the config uses one): the item-ID embedding flipped;
-- `qbert4rec/cross-domain`: pretraining on another dataset's training sequences too (`--cross_domain_source`,
-  default Office via `--source lcrec`, with its own stages 1-2), fine-tuning on this dataset.
+- `qbert4rec/mask-<strategy>`: pretraining with one masking strategy alone, one row per strategy of
+  `training.masking.MASKING_STRATEGIES` (the config's options for it, such as its ratio, kept);
+- `qbert4rec/+item-embedding` (or `-item-embedding` when the config uses one): the item-ID embedding flipped.
 
 Writes `RESULTS_DIR/<dataset>.json` (every run: all metrics, training seconds, validation NDCG@10 per epoch; the
 command line and machine), `RESULTS_DIR/<dataset>.md` (the table) and two PNGs (validation N@10 per epoch per row;
@@ -53,18 +52,16 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.baselines import CANDIDATES, machine_info, machine_line, most_popular, stage_done, train_id_model  # noqa: E402
-from benchmarks.baselines import HISTORY_REMOVED, history_removed_test_metrics  # noqa: E402
+from benchmarks.baselines import HISTORY_REMOVED, history_removed_test_metrics, masking_alone, stage_arguments  # noqa: E402
 from benchmarks.baselines import ID_MODEL_FIXED, seconds_to_selected_epoch, validation_history, write_stage_record  # noqa: E402
 from training import finetune, inject, pipeline, pretrain, quantize  # noqa: E402
-from training.config import as_flags, default_data_dir, load_yaml, parse_args  # noqa: E402
-from training.data import DEFAULT_INPUTS  # noqa: E402
-from training.loop import BEST, LoopArgs  # noqa: E402
+from training.config import as_flags, load_yaml, parse_args  # noqa: E402
+from training.loop import BEST  # noqa: E402
+from training.masking import DEFAULT_MASKING, MASKING_STRATEGIES  # noqa: E402
 
 DATASET_CONFIGS = {"beauty": "configs/beauty.yaml", "scientific-mm": "configs/scientific-mm.yaml"}
 METRICS = ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr")
-MASKING = ("cloze", "span", "tail", "multi_region")
-SOURCE_NAMES = {"s3rec": "Beauty", "recbole": "Scientific", "lcrec": "Office"}
-# Published Beauty anchors (DESIGN.md §4), R@10 / N@10, history items kept as candidates.
+# Published Beauty anchors (docs/method.md §4), R@10 / N@10, history items kept as candidates.
 BEAUTY_ANCHORS = {
     "SASRec (TIGER paper)": (0.0605, 0.0318),
     "TIGER": (0.0648, 0.0384),
@@ -84,9 +81,8 @@ class AccuracyArgs:
     rows: str = field(default="main", metadata={"help": "main, ablations or all"})
     only: str = field(default="", metadata={"help": "comma-separated row names to run (a subset of --rows)"})
     output_dir: str = field(default="outputs/bench", metadata={"help": "where runs, checkpoints and stage outputs go"})
-    results_dir: str = field(default=str(REPO_ROOT / "benchmarks" / "results"), metadata={"help": "where JSON, MD, PNG go"})
+    results_dir: str = field(default="outputs/bench/results", metadata={"help": "where JSON, MD, PNG go; benchmarks/results holds the committed ones"})
     bert4rec_finetune: bool = field(default=True, metadata={"help": "fine-tune the ID BERT4Rec like Q-Bert4Rec"})
-    cross_domain_source: str = field(default="lcrec", metadata={"help": "prepare_data source pretrained on in cross-domain"})
     train_overrides: str = field(
         default="", metadata={"help": "extra flags for every pretrain/finetune run, e.g. '--num_epochs 1' (quoted)"}
     )
@@ -106,11 +102,11 @@ class Row:
     description: str
     semantic_ids: str = "main"  # semantic-ID variant (qbert4rec)
     pretrain_flags: tuple = ()
-    cross_domain: bool = False
 
 
-def plan_rows(which: str, item_embedding_in_config: bool) -> list[Row]:
-    """The rows of `--rows main|ablations|all`, in table order."""
+def plan_rows(which: str, item_embedding_in_config: bool, masking: dict) -> list[Row]:
+    """The rows of `--rows main|ablations|all`, in table order, for a config with or without the item-ID embedding
+    and with the masking mix `masking` (its `pretrain` section's)."""
     if which not in ("main", "ablations", "all"):
         raise ValueError(f"--rows must be main, ablations or all, got {which!r}")
     main_rows = [
@@ -128,26 +124,22 @@ def plan_rows(which: str, item_embedding_in_config: bool) -> list[Row]:
         Row("qbert4rec/no-gate", "ablation", "qbert4rec", "stage 1 at fixed depth (no gate)", "no-gate"),
         *[
             Row(f"qbert4rec/mask-{s}", "ablation", "qbert4rec", f"pretraining with {s} masking alone",
-                pretrain_flags=tuple(x for t in MASKING for x in (f"--{t}_prob", "1" if t == s else "0")))
-            for s in MASKING
+                pretrain_flags=("--masking", json.dumps(masking_alone(masking, s))))
+            for s in MASKING_STRATEGIES
         ],
         # Without the item-ID embedding, pretraining rises slowly at first: on Beauty patience 3 stopped it after 5
-        # epochs (validation N@10 .005, and .002 for cross-domain), so these two rows hold off early stopping for 20
-        # epochs (a schedule of fewer epochs, like Beauty's 10, runs to its end anyway).
+        # epochs (validation N@10 .005), so this row holds off early stopping for 20 epochs (a schedule of fewer
+        # epochs, like Beauty's 10, runs to its end anyway).
         Row(f"qbert4rec/{'+' if flip else '-'}item-embedding", "ablation", "qbert4rec",
             f"{'with' if flip else 'without'} the item-ID embedding (inputs and catalogue scores)",
             pretrain_flags=("--use_item_embedding", str(flip).lower(), "--score_item_embedding", str(flip).lower())
             + (() if flip else ("--min_epochs", "20"))),
-        Row("qbert4rec/cross-domain", "ablation", "qbert4rec", "pretrained on another domain too",
-            pretrain_flags=("--use_item_embedding", "false", "--score_item_embedding", "false", "--loss_type", "codes",
-                            "--seen_item_bias", "false", "--code_embedding_init", "random", "--min_epochs", "20"),
-            cross_domain=True),
     ]
     return {"main": main_rows, "ablations": ablations, "all": main_rows + ablations}[which]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Stages 1-2: the semantic IDs of each variant, and of the cross-domain dataset
+# Stages 1-2: the semantic IDs of each variant
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -156,7 +148,6 @@ class Workspace:
 
         ROOT/stages-<key>/pipeline/{data,features,inject,semantic_ids}   the main pipeline up to quantize
         ROOT/stages-<key>/variants/<variant>/{inject,semantic_ids}       ablated stages 1-2
-        ROOT/stages-<key>/cross_domain/<source>/...                      the other domain's pipeline up to quantize
         ROOT/runs-<key>/<row>/seed<k>/pretrain                           stage 3a of each run
         ROOT/runs-<key>/<row>/seed<k>/finetune-<key>                     stage 3b of each run
 
@@ -244,34 +235,6 @@ class Workspace:
             record = write_stage_record(out, {"seconds": seconds})
         return sids, record["seconds"]
 
-    def cross_domain(self, source: str) -> tuple[Path, Path]:
-        """Prepared data and semantic IDs of `source` (e.g. Office via `lcrec`), built with this config's settings."""
-        if source not in DEFAULT_INPUTS:
-            raise ValueError(f"--cross_domain_source must be one of {', '.join(DEFAULT_INPUTS)}, got {source!r}")
-        out = self.stages_root / "cross_domain" / source
-        overrides = {
-            "data": ["--source", source, "--input", str(default_data_dir() / DEFAULT_INPUTS[source])]
-            + (["--name", SOURCE_NAMES[source]] if "name" in self.config.get("data", {}) else []),
-            "features": self._cross_domain_feature_flags(),
-        }
-        for name, stage_main, argv, marker in pipeline.stage_plan(self.config_path, out):
-            if name == "pretrain":
-                break
-            if not marker.exists():
-                print(f"[accuracy] cross-domain {source}: {name}")
-                stage_main(argv + overrides.get(name, []))
-                if name == "features":
-                    marker.write_text("done\n")
-        return out / "data", out / "semantic_ids"
-
-    def _cross_domain_feature_flags(self) -> list[str]:
-        """The other dataset has no precomputed matrices and (Office) no images: text and structure only."""
-        features = self.config.get("features", {})
-        flags = ["--text_matrix", ""] if features.get("text_matrix") else []
-        flags += ["--image_matrix", ""] if features.get("image_matrix") else []
-        modalities = [m for m in str(features.get("modalities", "text,structure")).split(",") if m in ("text", "structure")]
-        return flags + ["--modalities", ",".join(modalities or ["text"])]
-
 
 def _key(settings) -> str:
     """Short sha256 of JSON-able settings, naming the folder of the outputs they make."""
@@ -305,24 +268,18 @@ def write_text_embeddings(text_features: Path, output: Path) -> Path:
 def run_qbert4rec(row: Row, seed: int, ws: Workspace, args: AccuracyArgs) -> dict:
     """Stage 3 of Q-Bert4Rec (pretrain + fine-tune) on a semantic-ID variant; stages skipped when done."""
     sids, sid_seconds = ws.semantic_ids(row.semantic_ids)
-    flags = list(row.pretrain_flags)
-    if row.cross_domain:
-        extra_data, extra_sids = ws.cross_domain(args.cross_domain_source)
-        flags += ["--extra_dataset_dirs", str(extra_data), "--extra_semantic_ids_dirs", str(extra_sids)]
     out = ws.run_dir(row, seed)
-    finetune_flags = ["--loss_type", "codes+items"] if row.cross_domain else []
     common = ["--seed", str(seed), "--resume_from_checkpoint", "latest", *shlex.split(args.train_overrides)]
     if stage_done(out / "pretrain") is None:
         start = time.perf_counter()
         pretrain.main(ws.config_flags + ["--dataset_dir", str(ws.data_dir), "--semantic_ids_dir", str(sids),
-                                         "--output_dir", str(out / "pretrain"), *common, *flags])
+                                         "--output_dir", str(out / "pretrain"), *common, *row.pretrain_flags])
         write_stage_record(out / "pretrain", {"seconds": round(time.perf_counter() - start, 2)})
     finetune_dir = out / ws.finetune_name
     if stage_done(finetune_dir) is None:
         start = time.perf_counter()
         metrics = finetune.main(ws.config_flags + ["--pretrained_dir", str(out / "pretrain" / "final"), "--dataset_dir",
-                                                   str(ws.data_dir), "--output_dir", str(finetune_dir), *common,
-                                                   *finetune_flags])
+                                                   str(ws.data_dir), "--output_dir", str(finetune_dir), *common])
         write_stage_record(finetune_dir, {"seconds": round(time.perf_counter() - start, 2), "test": metrics})
     stage_dirs = {"pretrain": out / "pretrain", "finetune": finetune_dir}
     stages = {name: stage_done(path) for name, path in stage_dirs.items()}
@@ -566,7 +523,7 @@ def write_reports(results: dict, results_dir: Path) -> None:
     with open(results_dir / f"{stem}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         merge_runs_from_disk(results, results_dir / f"{stem}.json")
-        order = [r.name for r in plan_rows("all", False) + plan_rows("ablations", True)]
+        order = [r.name for r in plan_rows("all", False, DEFAULT_MASKING) + plan_rows("ablations", True, DEFAULT_MASKING)]
         results["rows"] = dict(sorted(results["rows"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
         write_json(results, results_dir / f"{stem}.json")
         (results_dir / f"{stem}.md").write_text(markdown_table(results))
@@ -579,11 +536,9 @@ def write_reports(results: dict, results_dir: Path) -> None:
 
 
 # Pretraining settings the ID baselines do not read: `build_id_model` fixes the semantic-ID model's keys, their
-# embeddings start at random (they have no codebooks), and `id_collator` masks with cloze alone (`bert4rec-id`) or
-# not at all (`sasrec-ce`).
-ID_MODEL_IGNORED = (*ID_MODEL_FIXED, "code_embedding_init", "code_embedding_init_std", "cloze_prob", "span_prob",
-                    "tail_prob", "multi_region_prob", "span_ratio", "tail_ratio", "multi_region_ratio", "num_regions")
-SASREC_IGNORED = (*ID_MODEL_IGNORED, "cloze_ratio")
+# embeddings start at random (they have no codebooks), and `id_collator` masks with cloze alone (`bert4rec-id`: of the
+# mix, it reads the cloze options alone) or not at all (`sasrec-ce`).
+ID_MODEL_IGNORED = (*ID_MODEL_FIXED, "code_embedding_init", "code_embedding_init_std", "masking")
 
 
 def id_baseline_sections(config: dict) -> dict:
@@ -600,18 +555,21 @@ def row_settings(config: dict, row: Row) -> dict:
 
     `most-popular` reads the data; the ID baselines the data and their training (not stages 1-2, not the keys above;
     `sasrec-ce` is not fine-tuned; `id_baselines` applied); the Q-Bert4Rec rows the whole config but `id_baselines` and
-    the pretraining keys their flags set."""
+    the pretraining keys their flags set, and those flags."""
     pretrain_settings = config.get("pretrain") or {}
     if row.kind == "most-popular":
         return {"data": config.get("data")}
     if row.kind in ("bert4rec-id", "sasrec-ce"):
-        ignored = SASREC_IGNORED if row.kind == "sasrec-ce" else ID_MODEL_IGNORED
         sections = id_baseline_sections(config)
-        settings = {"data": config.get("data"), "pretrain": {k: v for k, v in sections["pretrain"].items() if k not in ignored}}
-        return settings if row.kind == "sasrec-ce" else {**settings, "finetune": sections["finetune"]}
+        read = {k: v for k, v in sections["pretrain"].items() if k not in ID_MODEL_IGNORED}
+        if row.kind == "sasrec-ce":
+            return {"data": config.get("data"), "pretrain": read}
+        cloze = masking_alone(sections["pretrain"].get("masking", {}), "cloze")
+        return {"data": config.get("data"), "pretrain": {**read, "masking": cloze}, "finetune": sections["finetune"]}
     flagged = {flag[2:] for flag in row.pretrain_flags if flag.startswith("--")}
     return {**{k: v for k, v in config.items() if k != "id_baselines"},
-            "pretrain": {k: v for k, v in pretrain_settings.items() if k not in flagged}}
+            "pretrain": {k: v for k, v in pretrain_settings.items() if k not in flagged},
+            "pretrain_flags": list(row.pretrain_flags)}
 
 
 def settings_hash(config: dict, row: Row, args: AccuracyArgs) -> str:
@@ -621,7 +579,7 @@ def settings_hash(config: dict, row: Row, args: AccuracyArgs) -> str:
 
 def training_flags(args: AccuracyArgs) -> list:
     """The command-line settings that change what a run trains."""
-    return [args.dataset, args.quick, args.bert4rec_finetune, args.cross_domain_source, args.train_overrides, args.pipeline_dir]
+    return [args.dataset, args.quick, args.bert4rec_finetune, args.train_overrides, args.pipeline_dir]
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -635,15 +593,15 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def main(argv=None) -> dict:
-    (args,) = parse_args(argv, AccuracyArgs, section="accuracy", description=__doc__.split("\n\n")[0])
+    (args,) = parse_args(argv, AccuracyArgs, section="accuracy", description=__doc__)
     if args.dataset not in DATASET_CONFIGS:
         raise ValueError(f"--dataset must be one of {', '.join(DATASET_CONFIGS)}, got {args.dataset!r}")
     config_path = args.dataset_config or str(REPO_ROOT / ("configs/smoke.yaml" if args.quick else DATASET_CONFIGS[args.dataset]))
     if not Path(config_path).is_file():
         raise FileNotFoundError(f"config file not found: {config_path} (pass --dataset_config)")
     seeds = parse_seeds(args.seeds)
-    model_args = parse_args(["--config", config_path], pretrain.ModelArgs, pretrain.PretrainArgs, LoopArgs, section="pretrain")[0]
-    rows = plan_rows(args.rows, model_args.use_item_embedding)
+    settings, pretrain_args, _ = stage_arguments(pretrain, ["--config", config_path])
+    rows = plan_rows(args.rows, settings.use_item_embedding, pretrain_args.masking)
     if args.only:
         wanted = [n for n in args.only.split(",") if n]
         unknown = sorted(set(wanted) - {r.name for r in rows})
@@ -653,13 +611,14 @@ def main(argv=None) -> dict:
         rows = [r for r in rows if r.name in wanted]
 
     config = load_yaml(config_path)
-    settings = {row.name: settings_hash(config, row, args) for row in plan_rows("all", model_args.use_item_embedding)}
+    hashes = {row.name: settings_hash(config, row, args)
+              for row in plan_rows("all", settings.use_item_embedding, pretrain_args.masking)}
     stem = args.dataset + ("-quick" if args.quick else "")
     results_dir = Path(args.results_dir)
-    results = load_results(results_dir / f"{stem}.json", settings)
+    results = load_results(results_dir / f"{stem}.json", hashes)
     ws = Workspace(Path(args.output_dir) / stem, config_path, training_flags(args), args.pipeline_dir or None)
     command = "python benchmarks/accuracy.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    results.update(dataset=args.dataset, quick=args.quick, config_file=config_path, settings_sha256=settings, command=command,
+    results.update(dataset=args.dataset, quick=args.quick, config_file=config_path, settings_sha256=hashes, command=command,
                    pipeline_dir=str(ws.pipeline_dir))
 
     failures = []
@@ -690,7 +649,7 @@ def main(argv=None) -> dict:
                 failures.append((row.name, seed, traceback.format_exc()))
                 print(f"[accuracy] {row.name} seed {seed} FAILED: {record['error']}")
                 break
-            run.update(seed=seed, settings_sha256=settings[row.name], finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+            run.update(seed=seed, settings_sha256=hashes[row.name], finished=time.strftime("%Y-%m-%d %H:%M:%S"))
             record["seeds"][str(seed)] = run
             record["summary"] = summarise(record["seeds"])
             results["num_items"] = run["test"].get("num_items", results.get("num_items"))

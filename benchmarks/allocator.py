@@ -1,5 +1,5 @@
 """Benchmark: training time and peak RSS under glibc allocator settings, the measurement behind
-`training.loop.cap_mmap_threshold` and `modeling_qbert4rec.ITEM_LOSS_BLOCK`.
+`training.memory.cap_mmap_threshold` and `modeling_qbert4rec.ITEM_LOSS_BLOCK`.
 
     python benchmarks/allocator.py                      # Q-Bert4Rec and SASRec-CE, one epoch of every phase
     python benchmarks/allocator.py --repeats 2 --train_batches 40 --models qbert4rec
@@ -42,7 +42,7 @@ class AllocatorArgs:
     dataset_dir: str = field(default="", metadata={"help": "prepared dataset (as speed.py)"})
     semantic_ids_dir: str = field(default="", metadata={"help": "Q-Bert4Rec tokenizer folder (as speed.py)"})
     output_dir: str = field(default="outputs/bench/allocator", metadata={"help": "scratch folder (child results)"})
-    results_dir: str = field(default=str(REPO_ROOT / "benchmarks" / "results"), metadata={"help": "where the report goes"})
+    results_dir: str = field(default="outputs/bench/results", metadata={"help": "where the report goes; benchmarks/results holds the committed ones"})
     setting: str = field(default="", metadata={"help": "internal: the setting of this child"})
     model: str = field(default="", metadata={"help": "internal: the model of this child"})
     child_output: str = field(default="", metadata={"help": "internal: where the child writes its JSON"})
@@ -52,7 +52,8 @@ def measure(args: AllocatorArgs) -> dict:
     """In this process: apply `args.setting`, then train each of `args.model`'s phases and read the peak RSS."""
     import modeling_qbert4rec
     from benchmarks import speed
-    from training.loop import cap_mmap_threshold
+    from benchmarks.memory import proc_status_mib
+    from training.memory import cap_mmap_threshold
 
     capped, modeling_qbert4rec.ITEM_LOSS_BLOCK = SETTINGS[args.setting]
     if capped and not cap_mmap_threshold():
@@ -64,7 +65,7 @@ def measure(args: AllocatorArgs) -> dict:
     for phase, dataset, collator, loop_args in phases:
         timing = speed.time_training(model, dataset, collator, loop_args, args.train_batches, 0, f"{args.model} {phase}")
         seconds[phase] = timing["seconds_per_epoch"]
-    return {"seconds_per_epoch": seconds, "peak_rss_mib": round(speed.proc_status_mib("VmHWM"), 1)}
+    return {"seconds_per_epoch": seconds, "peak_rss_mib": round(proc_status_mib("VmHWM"), 1)}
 
 
 def markdown_report(report: dict) -> str:
@@ -93,7 +94,7 @@ def main(argv=None) -> dict:
     from benchmarks.speed import MODELS
     from training.config import parse_args
 
-    (args,) = parse_args(argv, AllocatorArgs, section="allocator", description=__doc__.split("\n\n")[0])
+    (args,) = parse_args(argv, AllocatorArgs, section="allocator", description=__doc__)
     models = [m for m in args.models.split(",") if m]
     if not models or set(models) - set(MODELS):
         raise ValueError(f"--models must name some of {', '.join(MODELS)}, got {args.models!r}")

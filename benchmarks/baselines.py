@@ -28,13 +28,13 @@ if str(REPO_ROOT) not in sys.path:
 
 from modeling_qbert4rec import QBert4RecForMaskedItemModeling  # noqa: E402
 from tokenization_semantic_id import SemanticIdTokenizer  # noqa: E402
-from training import finetune  # noqa: E402
-from training.config import parse_args  # noqa: E402
-from training.evaluate import MostPopular, evaluate_model, save_metrics  # noqa: E402
+from training import finetune, pretrain  # noqa: E402
+from training.config import is_required, parse_args  # noqa: E402
+from training.evaluate import MostPopular, eval_loader, evaluate_model, save_metrics  # noqa: E402
 from training.loop import BEST, LoopArgs, make_accelerator, train  # noqa: E402
 from training.masking import CausalCollator, HistoryCollator, MultiMaskCollator  # noqa: E402
-from training.pretrain import ModelArgs, PretrainArgs, build_model  # noqa: E402
-from training.sequences import encode_split, eval_loader, load_sequences  # noqa: E402
+from training.prepared import load_item_ids, load_sequences  # noqa: E402
+from training.sequences import encode_split  # noqa: E402
 
 ID_MODELS = ("bert4rec-id", "sasrec-ce")
 CANDIDATES = "all items (history items kept)"
@@ -70,20 +70,20 @@ def machine_line(machine: dict) -> str:
     )
 
 
-def load_item_ids(dataset_dir) -> list[str]:
-    """Item ids of a prepared dataset (`DATA/items`), in item-index order.
+def stage_arguments(stage, argv: list[str]) -> tuple:
+    """The arguments `stage.main(argv)` would parse (`stage.ARGUMENT_TYPES` from the config's `stage.SECTION` and
+    `argv`; `stage` a module such as `training.pretrain`), for a run that brings its own data: the folders the stage
+    requires are empty unless `argv` gives them (the ID baselines have no semantic IDs)."""
+    folders = [f"--{f.name}" for t in stage.ARGUMENT_TYPES for f in dataclasses.fields(t) if is_required(f)]
+    return parse_args([word for flag in folders for word in (flag, "")] + list(argv), *stage.ARGUMENT_TYPES,
+                      section=stage.SECTION)
 
-    (Like `training.quantize.load_item_ids`, without importing the quantiser and its ~75 MB of dependencies, so that
-    the speed benchmark's memory is the recommender's own.)"""
-    from datasets import load_from_disk
 
-    items_dir = Path(dataset_dir) / "items"
-    if not items_dir.is_dir():
-        raise FileNotFoundError(f"no items dataset at {items_dir} (run training/prepare_data.py first)")
-    item_ids = [str(i) for i in load_from_disk(str(items_dir))["item_id"]]
-    if len(set(item_ids)) != len(item_ids):
-        raise ValueError(f"{items_dir}: item ids are not unique")
-    return item_ids
+def masking_alone(masking: dict, strategy: str) -> dict:
+    """A masking mix of `strategy` alone (probability 1) with the options (ratio, ...) that the mix `masking` (a
+    config's `masking:` mapping) gives it; the strategy's own defaults where the mix does not list it."""
+    options = {name: value for name, value in masking.get(strategy, {}).items() if name != "prob"}
+    return {strategy: {"prob": 1.0, **options}}
 
 
 def id_tokenizer(item_ids: list[str], max_len: int = 50) -> SemanticIdTokenizer:
@@ -97,23 +97,22 @@ def id_tokenizer(item_ids: list[str], max_len: int = 50) -> SemanticIdTokenizer:
 ID_MODEL_FIXED = {"use_item_embedding": False, "score_item_embedding": False, "loss_type": "items"}
 
 
-def build_id_model(model_args: ModelArgs, tokenizer: SemanticIdTokenizer, causal: bool) -> QBert4RecForMaskedItemModeling:
+def build_id_model(settings: pretrain.ModelSettings, tokenizer: SemanticIdTokenizer, causal: bool) -> QBert4RecForMaskedItemModeling:
     """The Q-Bert4Rec backbone over item IDs: bidirectional (BERT4Rec) or causal (SASRec), catalogue cross-entropy.
 
     The single code level already is an item-ID embedding, so no extra item embedding is added."""
-    id_args = dataclasses.replace(model_args, **ID_MODEL_FIXED)
-    return build_model(id_args, tokenizer, is_causal=causal)
+    return pretrain.build_model(dataclasses.replace(settings, **ID_MODEL_FIXED), tokenizer, is_causal=causal)
 
 
-def id_collator(kind: str, tokenizer: SemanticIdTokenizer, model_args: ModelArgs, pretrain_args: PretrainArgs, seed: int):
-    """Training collator of an ID baseline: cloze-only masking (`bert4rec-id`) or next item at every position (`sasrec-ce`)."""
-    codes = {"item_codes": tokenizer.item_codes, "codebook_size": tokenizer.codebook_size, "max_len": model_args.max_len}
+def id_collator(kind: str, tokenizer: SemanticIdTokenizer, settings: pretrain.ModelSettings,
+                pretrain_args: pretrain.PretrainArgs, seed: int):
+    """Training collator of an ID baseline: cloze-only masking with the config's cloze options (`bert4rec-id`) or next
+    item at every position (`sasrec-ce`)."""
+    batching = {"num_items": tokenizer.num_items, "max_len": settings.max_position_embeddings}
     if kind == "sasrec-ce":
-        return CausalCollator(**codes)
+        return CausalCollator(**batching)
     if kind == "bert4rec-id":
-        return MultiMaskCollator(
-            **codes, strategy_probs={"cloze": 1.0}, strategy_ratios={"cloze": pretrain_args.cloze_ratio}, seed=seed
-        )
+        return MultiMaskCollator(**batching, masking=masking_alone(pretrain_args.masking, "cloze"), seed=seed)
     raise ValueError(f"unknown ID baseline {kind!r}; known: {', '.join(ID_MODELS)}")
 
 
@@ -166,7 +165,7 @@ def most_popular(dataset_dir: str) -> dict:
     start = time.perf_counter()
     tokenizer = id_tokenizer(load_item_ids(dataset_dir), max_len=50)
     sequences = load_sequences(dataset_dir)
-    collator = HistoryCollator(item_codes=tokenizer.item_codes, codebook_size=tokenizer.codebook_size, max_len=50)
+    collator = HistoryCollator(num_items=tokenizer.num_items, max_len=50)
     loop_args = LoopArgs()
     results = {}
     for split in ("validation", "test"):
@@ -187,7 +186,7 @@ def history_removed_test_metrics(checkpoint_dir, dataset_dir) -> dict:
     max_len = model.config.max_position_embeddings
     tokenizer = SemanticIdTokenizer.from_pretrained(checkpoint_dir, max_len=max_len - 1)
     test = encode_split(load_sequences(dataset_dir)["test"], tokenizer)
-    collator = HistoryCollator(item_codes=tokenizer.item_codes, codebook_size=tokenizer.codebook_size, max_len=max_len)
+    collator = HistoryCollator(num_items=tokenizer.num_items, max_len=max_len)
     loader = eval_loader(test, collator, LoopArgs(), max_users=0)
     return evaluate_model(model, loader, exclude_history=True, desc="test, history removed")
 
@@ -230,21 +229,22 @@ def train_id_model(
 
     if stage_done(pretrain_dir) is None:
         argv = config + ["--output_dir", str(pretrain_dir), "--seed", str(seed), "--resume_from_checkpoint", "latest", *overrides]
-        model_args, pretrain_args, loop_args = parse_args(argv, ModelArgs, PretrainArgs, LoopArgs, section="pretrain")
+        settings, pretrain_args, loop_args = stage_arguments(pretrain, argv)
+        max_len = settings.max_position_embeddings
         accelerator = make_accelerator(loop_args, kind)
-        tokenizer = id_tokenizer(load_item_ids(dataset_dir), max_len=model_args.max_len - 1)
+        tokenizer = id_tokenizer(load_item_ids(dataset_dir), max_len=max_len - 1)
         sequences = load_sequences(dataset_dir)
         train_set = encode_split(sequences["train"], tokenizer).select_columns(["item_indices"])
         if kind == "sasrec-ce":
             train_set = train_set.filter(lambda row: len(row["item_indices"]) >= 2, desc="sequences of >= 2 items")
         if loop_args.max_train_sequences:
             train_set = train_set.select(range(min(loop_args.max_train_sequences, len(train_set))))
-        model = build_id_model(model_args, tokenizer, causal=kind == "sasrec-ce")
-        history = HistoryCollator(item_codes=tokenizer.item_codes, codebook_size=tokenizer.codebook_size, max_len=model_args.max_len)
+        model = build_id_model(settings, tokenizer, causal=kind == "sasrec-ce")
+        history = HistoryCollator(num_items=tokenizer.num_items, max_len=max_len)
         loader = eval_loader(encode_split(sequences["validation"], tokenizer), history, loop_args, accelerator)
         accelerator.print(f"{kind}: {len(train_set)} training sequences, {model.num_parameters():,} parameters")
         start = time.perf_counter()
-        train(model, tokenizer, train_set, id_collator(kind, tokenizer, model_args, pretrain_args, seed), loader, loop_args, accelerator)
+        train(model, tokenizer, train_set, id_collator(kind, tokenizer, settings, pretrain_args, seed), loader, loop_args, accelerator)
         seconds = time.perf_counter() - start
         record = {"seconds": round(seconds, 2)}
         if not finetune_after:

@@ -1,4 +1,4 @@
-"""Benchmark: NDCG@10 and Recall@10 of trained checkpoints by history length and by the target's popularity, on the
+r"""Benchmark: NDCG@10 and Recall@10 of trained checkpoints by history length and by the target's popularity, on the
 validation and test splits.
 
     python benchmarks/breakdowns.py --dataset_dir outputs/beauty/data \
@@ -30,7 +30,7 @@ GROUPINGS = {"history length": ("items", LENGTH_BUCKETS), "target's training cou
 class BreakdownArgs:
     dataset_dir: str = field(default="outputs/beauty/data", metadata={"help": "prepared dataset folder"})
     checkpoints: str = field(default="", metadata={"help": "comma-separated NAME=FOLDER of save_pretrained checkpoints"})
-    results_dir: str = field(default=str(REPO_ROOT / "benchmarks" / "results"), metadata={"help": "where the report goes"})
+    results_dir: str = field(default="outputs/bench/results", metadata={"help": "where the report goes; benchmarks/results holds the committed ones"})
     batch_size: int = field(default=512, metadata={"help": "histories per scoring batch"})
 
 
@@ -62,12 +62,11 @@ def ranks_lengths_targets(model, tokenizer, split, batch_size: int):
     import torch
     from torch.utils.data import DataLoader
 
-    from training.evaluate import ranked_batches
+    from training.evaluate import eval_users, ranked_batches
     from training.masking import HistoryCollator
-    from training.sequences import encode_split, eval_users
+    from training.sequences import encode_split
 
-    collator = HistoryCollator(item_codes=tokenizer.item_codes, codebook_size=tokenizer.codebook_size,
-                               max_len=model.config.max_position_embeddings)
+    collator = HistoryCollator(num_items=tokenizer.num_items, max_len=model.config.max_position_embeddings)
     ranks, lengths, targets = [], [], []
     batches = DataLoader(eval_users(encode_split(split, tokenizer)), batch_size=batch_size, collate_fn=collator)
     for batch, user_ranks, _ in ranked_batches(model, batches, torch.device("cpu"), workers=torch.get_num_threads()):
@@ -128,9 +127,9 @@ def main(argv=None) -> dict:
     from modeling_qbert4rec import QBert4RecForMaskedItemModeling
     from tokenization_semantic_id import SemanticIdTokenizer
     from training.config import parse_args
-    from training.sequences import load_sequences
+    from training.prepared import load_sequences
 
-    (args,) = parse_args(argv, BreakdownArgs, description=__doc__.split("\n\n")[0])
+    (args,) = parse_args(argv, BreakdownArgs, description=__doc__)
     checkpoints = parse_checkpoints(args.checkpoints)
     sequences = load_sequences(args.dataset_dir)
     splits = {"validation": sequences["validation"],

@@ -23,13 +23,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.baselines import load_item_ids, machine_info, machine_line, write_report  # noqa: E402
+from benchmarks.baselines import machine_info, machine_line, write_report  # noqa: E402
 from tokenization_semantic_id import SemanticIdTokenizer  # noqa: E402
 from training.config import parse_args  # noqa: E402
 from training.evaluate import aggregate, metrics_from_ranks, target_ranks  # noqa: E402
 from training.inject import MODALITIES, read_modality_features  # noqa: E402
-from training.quantize import codebook_sum, load_codebooks, load_embeddings  # noqa: E402
-from training.sequences import load_sequences  # noqa: E402
+from training.prepared import load_item_ids, load_sequences  # noqa: E402
+from training.quantize import load_codebooks, load_embeddings  # noqa: E402
+from training.quantizers import codebook_sum  # noqa: E402
 
 SHOWN = {"recall@10": "R@10", "recall@20": "R@20", "ndcg@10": "N@10", "ndcg@20": "N@20", "mrr": "MRR"}
 
@@ -38,7 +39,7 @@ SHOWN = {"recall@10": "R@10", "recall@20": "R@20", "ndcg@10": "N@10", "ndcg@20":
 class NeighbourArgs:
     pipeline_dir: str = field(default="", metadata={"help": "a training/pipeline.py folder (data/, features/, inject/, semantic_ids/)"})
     split: str = field(default="test", metadata={"help": "validation or test"})
-    results_dir: str = field(default=str(REPO_ROOT / "benchmarks" / "results"), metadata={"help": "where the report goes"})
+    results_dir: str = field(default="outputs/bench/results", metadata={"help": "where the report goes; benchmarks/results holds the committed ones"})
     batch_size: int = field(default=1024, metadata={"help": "users scored at a time"})
 
 
@@ -72,7 +73,7 @@ def newest_item_metrics(vectors: torch.Tensor, newest: torch.Tensor, targets: to
 
 
 def main(argv=None) -> dict:
-    (args,) = parse_args(argv, NeighbourArgs, description=__doc__.split("\n\n")[0])
+    (args,) = parse_args(argv, NeighbourArgs, description=__doc__)
     if not args.pipeline_dir:
         raise ValueError("--pipeline_dir is required (a training/pipeline.py output folder)")
     if args.split not in ("validation", "test"):

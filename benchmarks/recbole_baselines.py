@@ -7,8 +7,8 @@ virtual environment, with torch and nothing of ours:
     python benchmarks/speed.py --recbole_python .venv-recbole/bin/python
 
 `speed.py` (our environment) writes the user sequences as RecBole atomic files and the RecBole settings, then runs
-this file under that interpreter, one child per model; the child imports only RecBole, torch and `speed.py`'s
-standard-library helpers.
+this file under that interpreter, one child per model; the child imports only RecBole, torch and the
+standard-library helpers of `benchmarks/memory.py`.
 - Data: every user's whole sequence (`user_id`, `item_id`, `timestamp` = position). RecBole's leave-one-out split
   (`LS`, time order) then holds out the same validation and test items as ours, and `mode: full` ranks all items.
 - Model: sizes, training batch size, learning rate and maximum length from the config's `pretrain` section, as ours;
@@ -17,6 +17,7 @@ standard-library helpers.
   ours: the seconds per epoch are compared as they are, and the sequences per second are RecBole's own examples.
 """
 
+import argparse
 import itertools
 import json
 import os
@@ -28,7 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.speed import proc_status_mib, reset_peak_rss  # noqa: E402  (standard library only)
+from benchmarks.memory import proc_status_mib, reset_peak_rss  # noqa: E402  (standard library only)
 
 MODELS = {"recbole-sasrec": "SASRec", "recbole-bert4rec": "BERT4Rec"}
 DATASET_NAME = "qbert4rec_split"
@@ -41,7 +42,7 @@ DATASET_NAME = "qbert4rec_split"
 
 def write_atomic_files(dataset_dir: str, folder: Path) -> Path:
     """`FOLDER/<DATASET_NAME>/<DATASET_NAME>.inter`: every user's full sequence (test history + test target), in order."""
-    from training.sequences import load_sequences
+    from training.prepared import load_sequences
 
     test = load_sequences(dataset_dir)["test"]
     path = Path(folder) / DATASET_NAME / f"{DATASET_NAME}.inter"
@@ -178,12 +179,16 @@ def main(argv=None) -> dict:
     """Child entry point: `recbole_baselines.py SETTINGS_JSON OUTPUT_JSON`, run in the folder RecBole may write to.
 
     SETTINGS_JSON holds `name`, `settings` (from `recbole_settings`), `train_batches` and `threads`."""
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2:
-        raise SystemExit(f"usage: {Path(__file__).name} SETTINGS_JSON OUTPUT_JSON (speed.py --recbole_python runs it)")
-    job = json.loads(Path(argv[0]).read_text())
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="benchmarks/speed.py --recbole_python runs it, one child per model.",
+    )
+    parser.add_argument("settings_json", help="the job: name, settings, train_batches and threads")
+    parser.add_argument("output_json", help="where the measurements go")
+    args = parser.parse_args(argv)
+    job = json.loads(Path(args.settings_json).read_text())
     result = measure(job["name"], job["settings"], job["train_batches"], job["threads"])
-    Path(argv[1]).write_text(json.dumps(result, indent=2) + "\n")
+    Path(args.output_json).write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -21,7 +21,7 @@ depend on the weights. Q-Bert4Rec uses the pipeline's semantic IDs when `--seman
 `outputs/beauty/semantic_ids`) exists, else random unique codes of the configured shape (timings are the same).
 RecBole's SASRec (CE) and BERT4Rec run in the same run, on the same split, with `--recbole_python`: the interpreter of
 a virtual environment with RecBole (`benchmarks/recbole_baselines.py` says how to make one; it cannot share ours).
-Without it the report says so and quotes the RecBole figures measured earlier on these machines (DESIGN.md §4).
+Without it the report says so and quotes the RecBole figures measured earlier on these machines (docs/method.md §4).
 
 Writes `RESULTS_DIR/speed.json` and `RESULTS_DIR/speed.md`.
 """
@@ -41,13 +41,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.memory import proc_status_mib, reset_peak_rss  # noqa: E402
+
 MODELS = ("qbert4rec", "sasrec-ce", "bert4rec-id")
 RECBOLE_MODELS = ("recbole-sasrec", "recbole-bert4rec")  # benchmarks/recbole_baselines.py, with --recbole_python
 # ours -> the RecBole model it is compared with (its training phase, then RecBole's one phase)
 RECBOLE_COUNTERPART = {"sasrec-ce": ("train", "recbole-sasrec"), "bert4rec-id": ("pretrain", "recbole-bert4rec")}
-# RecBole 1.2.1 on Beauty, measured on these 2-core machines (DESIGN.md §4); not measured by this script.
+# RecBole 1.2.1 on Beauty, measured on these 2-core machines (docs/method.md §4); not measured by this script.
 RECBOLE_REFERENCE = {
-    "source": "DESIGN.md §4 (RecBole 1.2.1, Beauty, same protocol, measured earlier on this machine type)",
+    "source": "docs/method.md §4 (RecBole 1.2.1, Beauty, same protocol, measured earlier on this machine type)",
     "sasrec_ce_seconds_per_epoch": 136.0,
     "eval_all_users_seconds": [5.0, 7.0],
     "sasrec_peak_rss_mib": 3.96 * 1024,
@@ -66,7 +68,7 @@ class SpeedArgs:
         "help": "Python of a virtual environment with RecBole (benchmarks/recbole-requirements.txt): also run RecBole's "
                 "SASRec and BERT4Rec in this run"})
     output_dir: str = field(default="outputs/bench/speed", metadata={"help": "scratch folder (prepared data, child results)"})
-    results_dir: str = field(default=str(REPO_ROOT / "benchmarks" / "results"), metadata={"help": "where speed.json and speed.md go"})
+    results_dir: str = field(default="outputs/bench/results", metadata={"help": "where speed.json and speed.md go; benchmarks/results holds the committed ones"})
     train_batches: int = field(default=0, metadata={"help": "batches timed per training phase (0 = one full epoch)"})
     latency_calls: int = field(default=200, metadata={"help": "timed batch-1 recommend calls"})
     warmup_calls: int = field(default=20, metadata={"help": "untimed calls before timing"})
@@ -82,7 +84,7 @@ class SpeedArgs:
     malloc_mmap_threshold: int = field(
         default=0, metadata={"help": "glibc's MALLOC_MMAP_THRESHOLD_ for the children, in bytes: larger allocations are "
                                      "mapped alone and return to the system when freed (lower is leaner but slower; "
-                                     "0: the training loop's own 4 MiB, training.loop.cap_mmap_threshold)"}
+                                     "0: the training loop's own 4 MiB, training.memory.cap_mmap_threshold)"}
     )
     seed: int = field(default=0, metadata={"help": "seed of init and data order"})
     model: str = field(default="", metadata={"help": "internal: measure this one model in this process"})
@@ -112,9 +114,9 @@ def random_unique_codes(num_items: int, num_codebooks: int, codebook_size: int, 
 
 def qbert4rec_tokenizer(args: SpeedArgs, dataset_dir: str, max_len: int):
     """The pipeline's semantic IDs when present, else random unique codes with the config's shape; and a note."""
-    from benchmarks.baselines import load_item_ids
     from tokenization_semantic_id import SemanticIdTokenizer
     from training.config import load_yaml
+    from training.prepared import load_item_ids
 
     sids = Path(args.semantic_ids_dir or "outputs/beauty/semantic_ids")
     item_ids = load_item_ids(dataset_dir)
@@ -132,40 +134,34 @@ def qbert4rec_tokenizer(args: SpeedArgs, dataset_dir: str, max_len: int):
 
 def build(name: str, args: SpeedArgs, dataset_dir: str):
     """Model, tokenizer, training phases `[(phase, dataset, collator, LoopArgs)]` and a note, for one model name."""
-    from benchmarks.baselines import build_id_model, id_collator, id_tokenizer, load_item_ids
-    from training.config import parse_args
-    from training.finetune import FinetuneArgs
-    from training.loop import LoopArgs
+    from benchmarks.baselines import build_id_model, id_collator, id_tokenizer, stage_arguments
+    from training import finetune, pretrain
     from training.masking import MultiMaskCollator, NextItemCollator
-    from training.pretrain import ModelArgs, PretrainArgs, build_model
-    from training.sequences import encode_split, load_sequences, next_item_examples
+    from training.prepared import load_item_ids, load_sequences
+    from training.sequences import encode_split, next_item_examples
 
     config = ["--config", args.dataset_config]
-    model_args, pretrain_args, pretrain_loop = parse_args(config, ModelArgs, PretrainArgs, LoopArgs, section="pretrain")
-    _, finetune_loop = parse_args(config, FinetuneArgs, LoopArgs, section="finetune")
+    settings, pretrain_args, pretrain_loop = stage_arguments(pretrain, config)
+    _, finetune_loop = stage_arguments(finetune, config)
+    max_len = settings.max_position_embeddings
     if name == "qbert4rec":
-        tokenizer, note = qbert4rec_tokenizer(args, dataset_dir, model_args.max_len - 1)
-        model = build_model(model_args, tokenizer)
+        tokenizer, note = qbert4rec_tokenizer(args, dataset_dir, max_len - 1)
+        model = pretrain.build_model(settings, tokenizer)
     else:
-        tokenizer = id_tokenizer(load_item_ids(dataset_dir), max_len=model_args.max_len - 1)
-        model, note = build_id_model(model_args, tokenizer, causal=name == "sasrec-ce"), "item IDs (one code level)"
+        tokenizer = id_tokenizer(load_item_ids(dataset_dir), max_len=max_len - 1)
+        model, note = build_id_model(settings, tokenizer, causal=name == "sasrec-ce"), "item IDs (one code level)"
     sequences = load_sequences(dataset_dir)
     train = encode_split(sequences["train"], tokenizer).select_columns(["item_indices"])
-    codes = {"item_codes": tokenizer.item_codes, "codebook_size": tokenizer.codebook_size, "max_len": model_args.max_len}
+    batching = {"num_items": tokenizer.num_items, "max_len": max_len}
     if name == "sasrec-ce":
         train = train.filter(lambda row: len(row["item_indices"]) >= 2)
-        return model, tokenizer, [("train", train, id_collator(name, tokenizer, model_args, pretrain_args, args.seed), pretrain_loop)], note
+        return model, tokenizer, [("train", train, id_collator(name, tokenizer, settings, pretrain_args, args.seed), pretrain_loop)], note
     if name == "qbert4rec":
-        probs = {"cloze": pretrain_args.cloze_prob, "span": pretrain_args.span_prob, "tail": pretrain_args.tail_prob,
-                 "multi_region": pretrain_args.multi_region_prob}
-        ratios = {"cloze": pretrain_args.cloze_ratio, "span": pretrain_args.span_ratio, "tail": pretrain_args.tail_ratio,
-                  "multi_region": pretrain_args.multi_region_ratio}
-        masking = MultiMaskCollator(**codes, strategy_probs={k: v for k, v in probs.items() if v > 0},
-                                    strategy_ratios=ratios, num_regions=pretrain_args.num_regions, seed=args.seed)
+        masking = MultiMaskCollator(**batching, masking=pretrain_args.masking, seed=args.seed)
     else:
-        masking = id_collator(name, tokenizer, model_args, pretrain_args, args.seed)
+        masking = id_collator(name, tokenizer, settings, pretrain_args, args.seed)
     finetune_set = next_item_examples(encode_split(sequences["train"], tokenizer).select_columns(["item_indices"]))
-    phases = [("pretrain", train, masking, pretrain_loop), ("finetune", finetune_set, NextItemCollator(**codes), finetune_loop)]
+    phases = [("pretrain", train, masking, pretrain_loop), ("finetune", finetune_set, NextItemCollator(**batching), finetune_loop)]
     return model, tokenizer, phases, note
 
 
@@ -180,7 +176,8 @@ def time_training(model, dataset, collator, loop_args, max_batches: int, seed: i
     import torch
     from tqdm.auto import tqdm
 
-    from training.loop import RELEASE_MEMORY_EVERY, make_train_loader, release_freed_memory
+    from training.loop import make_train_loader
+    from training.memory import RELEASE_MEMORY_EVERY, release_freed_memory
 
     torch.manual_seed(seed)  # the data order of a plain shuffle (--group_by_length false)
     loader = make_train_loader(dataset, collator, dataclasses.replace(loop_args, seed=seed, num_workers=0))
@@ -216,18 +213,16 @@ def time_training(model, dataset, collator, loop_args, max_batches: int, seed: i
 
 def time_evaluation(model, tokenizer, test, batch_size: int, repeats: int = 3) -> dict:
     """Seconds to rank all items for every user of `test` (full ranking, batched, collation included), as
-    `training.sequences.eval_loader` and `evaluate.py` batch them: users sorted by history length, so that batches
+    `training.evaluate.eval_loader` and `evaluate.py` batch them: users sorted by history length, so that batches
     (padded to their longest history) pad little. The timed part starts from the Arrow dataset: reading it, sorting,
     collation, scoring and metrics. `seconds` is the median of `repeats` timed runs (all of them in `runs`)."""
     from torch.utils.data import DataLoader
 
-    from training.evaluate import evaluate_model
-    from training.loop import evaluation_allocator
+    from training.evaluate import eval_users, evaluate_model
+    from training.memory import evaluation_allocator
     from training.masking import HistoryCollator
-    from training.sequences import eval_users
 
-    collator = HistoryCollator(item_codes=tokenizer.item_codes, codebook_size=tokenizer.codebook_size,
-                               max_len=model.config.max_position_embeddings)
+    collator = HistoryCollator(num_items=tokenizer.num_items, max_len=model.config.max_position_embeddings)
     warm_up = eval_users(test.select(range(min(batch_size, len(test)))))
     with evaluation_allocator():  # as the training loop's validation (and an uncapped evaluate.py) runs
         evaluate_model(model, DataLoader(warm_up, batch_size=batch_size, collate_fn=collator), desc="warm-up")
@@ -294,32 +289,13 @@ def time_throughput(model, tokenizer, histories: list[list[str]], batch_size: in
             "histories_per_second": round(len(histories) / seconds, 1)}
 
 
-def proc_status_mib(key: str) -> float:
-    """A memory line of `/proc/self/status` in MiB: `VmRSS` (resident now) or `VmHWM` (peak resident of this process
-    image). NaN where /proc is absent (not Linux)."""
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith(f"{key}:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def reset_peak_rss() -> bool:
-    """Restart VmHWM at the current resident size (Linux `clear_refs` 5), so the next reading is one phase's peak."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def measure_model(name: str, args: SpeedArgs, dataset_dir: str) -> dict:
     """Every measurement of one model, in this process."""
     import torch
 
-    from training.loop import MMAP_THRESHOLD, cap_mmap_threshold
-    from training.sequences import encode_split, load_sequences
+    from training.memory import MMAP_THRESHOLD, cap_mmap_threshold
+    from training.prepared import load_sequences
+    from training.sequences import encode_split
 
     mmap_threshold_set = cap_mmap_threshold()  # as training/loop.py's train does
     if args.threads:
@@ -453,11 +429,11 @@ def markdown_report(report: dict) -> str:
         "",
         "`*`: seconds per epoch extrapolated from the timed batches. Peak RSS is each model's own child process "
         "(Python, torch and the dataset included). Evaluation batches users sorted by history length (each batch is "
-        "padded to its longest history), as `training/sequences.py`'s `eval_loader` does in training and `evaluate.py`, "
-        "under `training.loop.evaluation_allocator`. "
+        "padded to its longest history), as `training/evaluate.py`'s `eval_loader` does in training and `evaluate.py`, "
+        "under `training.memory.evaluation_allocator`. "
         + (f"glibc `MALLOC_MMAP_THRESHOLD_={report['settings']['malloc_mmap_threshold']}` in the children."
            if report["settings"]["malloc_mmap_threshold"]
-           else "glibc's mmap threshold fixed at 4 MiB by the training loop (`training.loop.cap_mmap_threshold`)."),
+           else "glibc's mmap threshold fixed at 4 MiB by the training loop (`training.memory.cap_mmap_threshold`)."),
         "",
         f"Targets (issue 6): all users evaluated in under {TARGETS['eval_all_users_seconds']} s, batch-1 p50 under "
         f"{TARGETS['latency_p50_ms']} ms, peak RSS under {TARGETS['peak_rss_mib']:.0f} MiB.",
@@ -487,16 +463,15 @@ def markdown_report(report: dict) -> str:
 def recbole_child(name: str, args: SpeedArgs, dataset_dir: str, out: Path, child_json: Path) -> list[str]:
     """The command measuring RecBole model `name` under `--recbole_python`, after writing its data and settings."""
     from benchmarks import recbole_baselines
-    from training.config import parse_args
-    from training.loop import LoopArgs
-    from training.pretrain import ModelArgs, PretrainArgs
+    from benchmarks.baselines import stage_arguments
+    from training import pretrain
 
     atomic = out / "recbole_atomic"
     recbole_baselines.write_atomic_files(dataset_dir, atomic)  # under a second: always from this run's dataset
-    model_args, _, loop_args = parse_args(["--config", args.dataset_config], ModelArgs, PretrainArgs, LoopArgs, section="pretrain")
-    ours = {**{k: getattr(model_args, k) for k in ("max_len", "hidden_size", "intermediate_size", "num_hidden_layers",
-                                                   "num_attention_heads")},
-            "batch_size": loop_args.batch_size, "learning_rate": loop_args.learning_rate}
+    settings, _, loop_args = stage_arguments(pretrain, ["--config", args.dataset_config])
+    ours = {**{k: getattr(settings, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")},
+            "max_len": settings.max_position_embeddings, "batch_size": loop_args.batch_size,
+            "learning_rate": loop_args.learning_rate}
     job = {"name": name, "train_batches": args.train_batches, "threads": args.threads,
            "settings": recbole_baselines.recbole_settings(name, atomic, ours, args.seed)}
     (out / name).mkdir(parents=True, exist_ok=True)
@@ -510,7 +485,7 @@ def main(argv=None) -> dict:
     from benchmarks.baselines import machine_info, write_report
     from training.config import parse_args
 
-    (args,) = parse_args(argv, SpeedArgs, section="speed", description=__doc__.split("\n\n")[0])
+    (args,) = parse_args(argv, SpeedArgs, section="speed", description=__doc__)
     models = [m for m in args.models.split(",") if m]
     unknown = sorted(set(models) - set(MODELS + RECBOLE_MODELS))
     if unknown or not models:
@@ -549,7 +524,7 @@ def main(argv=None) -> dict:
         results[name] = json.loads(child_json.read_text())
         print(f"[speed] {name}: {json.dumps({k: results[name].get(k) for k in ('evaluation', 'latency', 'memory')})}", flush=True)
 
-    from training.sequences import load_sequences
+    from training.prepared import load_sequences
 
     test = load_sequences(dataset_dir)["test"]
     report = {

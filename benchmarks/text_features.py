@@ -1,6 +1,6 @@
 """Benchmark: time and peak memory to build Beauty's text features (all 12,101 items) on this machine.
 
-    python benchmarks/text_features.py [--dataset_dir PREPARED_BEAUTY] [--output benchmarks/results/text_features.json]
+    python benchmarks/text_features.py [--dataset_dir PREPARED_BEAUTY] [--results_dir benchmarks/results]
 
 Prepares Beauty from the shared data when no prepared folder is given, then runs
 `training/extract_features.py --modalities text` twice in a child process: once with an empty cache (the real
@@ -29,8 +29,9 @@ from training.config import default_data_dir, parse_args  # noqa: E402
 @dataclass
 class BenchmarkArgs:
     dataset_dir: str = field(default="", metadata={"help": "Prepared Beauty folder (default: prepare it in a temp folder)."})
-    output: str = field(
-        default=str(REPO_ROOT / "benchmarks" / "results" / "text_features.json"), metadata={"help": "Result JSON."}
+    results_dir: str = field(
+        default="outputs/bench/results",
+        metadata={"help": "where text_features.json goes; benchmarks/results holds the committed ones"},
     )
     text_fields: str = field(default="title,brand,categories,text", metadata={"help": "Passed to extract_features."})
     batch_size: int = field(default=64, metadata={"help": "Passed to extract_features."})
@@ -58,7 +59,7 @@ def run_extraction(dataset_dir: Path, features_dir: Path, args: BenchmarkArgs) -
 
 
 def main(argv=None) -> dict:
-    (args,) = parse_args(argv, BenchmarkArgs, section="benchmark_text_features", description=__doc__.split("\n\n")[0])
+    (args,) = parse_args(argv, BenchmarkArgs, section="benchmark_text_features", description=__doc__)
     with tempfile.TemporaryDirectory() as tmp:
         dataset_dir = Path(args.dataset_dir) if args.dataset_dir else prepare_beauty(Path(tmp) / "beauty")
         features_dir = Path(tmp) / "features"
@@ -96,7 +97,7 @@ def main(argv=None) -> dict:
             "load_average": [round(load_before, 2), round(load_after, 2)],
         },
     }
-    output = Path(args.output)
+    output = Path(args.results_dir) / "text_features.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -44,7 +44,7 @@ class TimeToQualityArgs:
     target_ndcg10: float = field(default=0.0376, metadata={"help": "test NDCG@10 to reach"})
     seed: int = field(default=0, metadata={"help": "seed of every run"})
     output_dir: str = field(default="outputs/bench/time_to_quality", metadata={"help": "where the runs go"})
-    results_dir: str = field(default=str(REPO_ROOT / "benchmarks" / "results"), metadata={"help": "where JSON and MD go"})
+    results_dir: str = field(default="outputs/bench/results", metadata={"help": "where JSON and MD go; benchmarks/results holds the committed ones"})
 
 
 def trained_seconds(stage_dir: Path) -> tuple[float, int]:
@@ -107,7 +107,7 @@ def markdown_report(report: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    (args,) = parse_args(argv, TimeToQualityArgs, section="time_to_quality", description=__doc__.split("\n\n")[0])
+    (args,) = parse_args(argv, TimeToQualityArgs, section="time_to_quality", description=__doc__)
     models = [m for m in args.models.split(",") if m]
     if not models or set(models) - set(MODELS):
         raise ValueError(f"--models must name some of {', '.join(MODELS)}, got {args.models!r}")

@@ -354,7 +354,7 @@ def test_recbole_atomic_files_hold_out_our_validation_and_test_items(tiny_bench,
     for line in lines[1:]:
         user, item, position = line.split("\t")
         by_user.setdefault(user, []).append((float(position), item))
-    from training.sequences import load_sequences
+    from training.prepared import load_sequences
 
     sequences = load_sequences(data)
     assert len(by_user) == 30

@@ -260,7 +260,8 @@ def test_scientific_image_matrix(scientific_dir):
 
 
 def test_dataset_matrices_come_from_the_prepared_summary(scientific_dir, tmp_path):
-    from training.data import read_recbole, save_prepared
+    from training.prepared import save_prepared
+    from training.readers.recbole import read_recbole
 
     prepared = read_recbole(scientific_dir)
     save_prepared(prepared.sequences, prepared.items, prepared.summary, tmp_path / "data")
@@ -297,7 +298,10 @@ def test_missing_dataset_and_help(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="no items dataset at"):
         ef.main(["--dataset_dir", str(tmp_path), "--modalities", "text", "--text_matrix", "x"])
     with pytest.raises(ValueError, match="--dataset_dir is required"):
+        ef.extract_features(ef.FeatureArgs())
+    with pytest.raises(SystemExit) as exit_info:
         ef.main([])
+    assert exit_info.value.code == 2 and "the following arguments are required: --dataset_dir" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         ef.main(["--help"])
     assert exit_info.value.code == 0 and "--text_fields" in capsys.readouterr().out

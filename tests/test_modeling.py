@@ -1,5 +1,6 @@
 """Q-Bert4Rec model on tiny configs (after transformers' BertModelTester): shapes, loss and gradients, padding
-invariance, determinism, save/load, initialisation, full-catalogue scoring, recommend() and bad input."""
+invariance, determinism, save/load (and the state-dict keys of older checkpoints), initialisation, full-catalogue
+scoring, recommend() and bad input."""
 
 import pytest
 import torch
@@ -12,8 +13,10 @@ from modeling_qbert4rec import (
     QBert4RecMaskedItemOutput,
     QBert4RecModel,
     QBert4RecRecommendationOutput,
+    catalogue_scores,
+    seen_item_columns,
 )
-from tokenization_semantic_id import SemanticIdTokenizer
+from tokenization_semantic_id import SemanticIdTokenizer, code_token_ids, mask_index, padding_index
 
 
 class QBert4RecModelTester:
@@ -67,23 +70,22 @@ class QBert4RecModelTester:
                 for length in self.history_lengths]
 
     def prepare_inputs(self, tok: SemanticIdTokenizer, seed: int = 0) -> dict:
-        """Tokenizer output: `input_ids` `(3, 7, 3)`, `attention_mask` and `item_indices` `(3, 7)`."""
+        """Tokenizer output: `item_indices` and `attention_mask` `(3, 7)`."""
         return dict(tok(self.histories(tok, seed), return_tensors="pt"))
 
     def prepare_masked_inputs(self, tok: SemanticIdTokenizer, seed: int = 0) -> dict:
-        """Masked item modelling inputs: the newest item of each row and position 2 of the full row masked."""
+        """Masked item modelling inputs: the newest item of each row and position 2 of the full row masked; `labels`
+        `(3, 7)` hold the masked item indices, -100 elsewhere."""
         inputs = self.prepare_inputs(tok, seed)
         masked = torch.zeros(self.batch_size, self.seq_length, dtype=torch.bool)
         masked[:, -1] = True
         masked[0, 2] = True
-        labels = inputs["input_ids"].masked_fill(~masked[..., None], -100)
-        inputs["input_ids"] = inputs["input_ids"].masked_fill(masked[..., None], tok.mask_token_id)
-        inputs["item_indices"] = inputs["item_indices"].masked_fill(masked, self.num_items + 1)
+        labels = inputs["item_indices"].masked_fill(~masked, -100)
+        inputs["item_indices"] = inputs["item_indices"].masked_fill(masked, mask_index(self.num_items))
         return {**inputs, "labels": labels}
 
 
 tester = QBert4RecModelTester()
-
 
 
 @pytest.fixture
@@ -98,10 +100,23 @@ def model(tok):
 
 # Shapes.
 @pytest.mark.parametrize("use_item_embedding", [False, True])
-def test_encoder_output_shape(tok, use_item_embedding):
+def test_encoder_output_shape(tok, model, use_item_embedding):
     encoder = QBert4RecModel(tester.get_config(use_item_embedding=use_item_embedding)).eval()
-    out = encoder(**tester.prepare_inputs(tok))
+    inputs = tester.prepare_inputs(tok)
+    tokens = model.code_tokens(inputs["item_indices"])  # (3, 7, 3): the bare encoder takes code token ids
+    out = encoder(tokens, inputs["attention_mask"], inputs["item_indices"])
     assert out.last_hidden_state.shape == (3, 7, 32)
+
+
+def test_code_tokens_are_the_catalogues_token_ids(tok, model):
+    item_indices = torch.tensor([[padding_index(20), 0, 19], [3, mask_index(20), 7]])
+    tokens = model.code_tokens(item_indices)
+    assert tokens.shape == (2, 3, 3)
+    assert (tokens[0, 0] == tok.pad_token_id).all() and (tokens[1, 1] == tok.mask_token_id).all()
+    expected = code_token_ids(tok.item_codes, tester.codebook_size)  # (20, 3)
+    for row, column in [(0, 1), (0, 2), (1, 0), (1, 2)]:
+        assert torch.equal(tokens[row, column], expected[item_indices[row, column]])
+    assert tok.convert_ids_to_tokens(tokens[1, 0].tolist()) == tok.tokenize(tok.item_ids[3])
 
 
 def test_masked_item_modeling_output_shapes(tok, model):
@@ -113,7 +128,16 @@ def test_masked_item_modeling_output_shapes(tok, model):
     out = model(**inputs)
     assert out.loss.shape == ()
     assert out.logits.shape == (4, 3, 8)  # 4 labelled positions only (sparse prediction)
-    assert out.last_hidden_state.shape == (3, 7, 32)
+    assert out.last_hidden_state is None  # no shape that changes with the labels
+
+
+def test_attention_mask_defaults_to_the_non_padding_positions(tok, model):
+    inputs = tester.prepare_masked_inputs(tok)
+    assert (inputs["attention_mask"] == 0).any()
+    without = {k: v for k, v in inputs.items() if k != "attention_mask"}
+    torch.testing.assert_close(model(**without).loss, model(**inputs).loss)
+    plain = tester.prepare_inputs(tok)
+    torch.testing.assert_close(model.score_items(plain["item_indices"]), model.score_items(**plain))
 
 
 def test_scoring_and_recommend_shapes(tok, model):
@@ -134,12 +158,12 @@ def test_loss_matches_its_definition(tok, loss_type):
     inputs = tester.prepare_masked_inputs(tok)
     out = model(**inputs)
     full_logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits  # (3, 7, 3, 8)
-    labelled = inputs["labels"][..., 0] != -100
-    logits, codes = full_logits[labelled], inputs["labels"][labelled] - (4 + 8 * torch.arange(3))  # (4, 3, 8), (4, 3)
+    labelled = inputs["labels"] != -100
+    targets = inputs["labels"][labelled]  # (4,) item indices
+    logits, codes = full_logits[labelled], tok.item_codes[targets]  # (4, 3, 8), (4, 3)
     codes_loss = F.cross_entropy(logits.reshape(-1, 8), codes.reshape(-1))
     item_logits = torch.stack([sum(logits[:, level, tok.item_codes[i, level]] for level in range(3))
                                for i in range(tester.num_items)], dim=1)  # (4, 20)
-    targets = torch.tensor([tok.item_codes.tolist().index(row) for row in codes.tolist()])
     items_loss = F.cross_entropy(item_logits, targets)
     expected = {"codes": codes_loss, "items": items_loss, "codes+items": codes_loss + items_loss}[loss_type]
     torch.testing.assert_close(out.loss, expected)
@@ -198,12 +222,10 @@ def test_last_position_labels_give_the_full_encoders_loss_and_gradients(tok, mon
     """Fine-tuning labels the appended [MASK] alone: the last layer computes that position only, with the loss and
     gradients of the whole encoder's last row."""
     inputs = tester.prepare_inputs(tok)
-    labels = torch.full_like(inputs["input_ids"], -100)
-    labels[:, -1] = inputs["input_ids"][:, -1]  # the newest item of each row is the target
-    inputs["input_ids"] = inputs["input_ids"].clone()
-    inputs["input_ids"][:, -1] = tok.mask_token_id
+    labels = torch.full_like(inputs["item_indices"], -100)
+    labels[:, -1] = inputs["item_indices"][:, -1]  # the newest item of each row is the target
     inputs["item_indices"] = inputs["item_indices"].clone()
-    inputs["item_indices"][:, -1] = tester.num_items + 1
+    inputs["item_indices"][:, -1] = mask_index(tester.num_items)
 
     def loss_and_gradients(model):
         out = model(**inputs, labels=labels)
@@ -211,8 +233,15 @@ def test_last_position_labels_give_the_full_encoders_loss_and_gradients(tok, mon
         return out, {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
     model = tester.get_model(tok, use_item_embedding=True, loss_type=loss_type).eval()
+    encoder_forward, shortcuts = model.qbert4rec.encoder.forward, []
+
+    def spy(hidden, mask, last_position_only=False):
+        shortcuts.append(last_position_only)
+        return encoder_forward(hidden, mask, last_position_only)
+
+    monkeypatch.setattr(model.qbert4rec.encoder, "forward", spy)
     out, gradients = loss_and_gradients(model)
-    assert out.last_hidden_state.shape == (3, 1, tester.hidden_size)
+    assert shortcuts == [True]  # the shortcut was taken: the comparison below is not between two full encoders
     reference = tester.get_model(tok, use_item_embedding=True, loss_type=loss_type).eval()
     full_encoder = reference.qbert4rec.encoder.forward  # every position through every layer, then the last row
     monkeypatch.setattr(reference.qbert4rec.encoder, "forward",
@@ -268,8 +297,7 @@ def test_padding_positions_content_changes_nothing(tok, use_item_embedding):
     noise = torch.randint(0, tester.num_items, padding.shape, generator=torch.Generator().manual_seed(1))
     noisy = dict(inputs)
     noisy["item_indices"] = torch.where(padding, noise, inputs["item_indices"])
-    noisy["input_ids"] = torch.where(padding[..., None], tok.item_token_ids[noise], inputs["input_ids"])
-    assert not torch.equal(noisy["input_ids"], inputs["input_ids"])
+    assert not torch.equal(noisy["item_indices"], inputs["item_indices"])
     torch.testing.assert_close(model.score_items(**noisy), model.score_items(**inputs))
     real = ~padding
     torch.testing.assert_close(model(**noisy).logits[real], model(**inputs).logits[real])
@@ -287,9 +315,7 @@ def test_causal_attention_never_looks_at_later_positions(tok):
     model = tester.get_model(tok, is_causal=True).eval()
     inputs = tester.prepare_inputs(tok)
     changed = {key: value.clone() for key, value in inputs.items()}
-    newest = (changed["item_indices"][:, -1] + 1) % tester.num_items  # another newest item in every row
-    changed["item_indices"][:, -1] = newest
-    changed["input_ids"][:, -1] = tok.item_token_ids[newest]
+    changed["item_indices"][:, -1] = (changed["item_indices"][:, -1] + 1) % tester.num_items  # another newest item
     before, after = model(**inputs).last_hidden_state, model(**changed).last_hidden_state
     torch.testing.assert_close(after[:, :-1], before[:, :-1])
     assert not torch.allclose(after[:, -1], before[:, -1])
@@ -302,8 +328,8 @@ def test_causal_scores_come_from_the_newest_position_and_ignore_padding(tok):
     model = tester.get_model(tok, is_causal=True).eval()
     histories = tester.histories(tok)
     inputs = tok(histories, return_tensors="pt")
-    log_probs = model(**inputs).logits[:, -1].log_softmax(dim=-1)  # (B, L, K) at the newest item, no [MASK]
-    reference = sum(log_probs[:, level, tok.item_codes[:, level]] for level in range(3))  # (B, num_items)
+    logits = model(**inputs).logits[:, -1]  # (B, L, K) at the newest item, no [MASK]
+    reference = sum(logits[:, level, tok.item_codes[:, level]] for level in range(3))  # (B, num_items)
     torch.testing.assert_close(model.score_items(**inputs), reference)
     for row, history in enumerate(histories):
         alone = model.score_items(**tok([history], return_tensors="pt"))
@@ -351,6 +377,55 @@ def test_auto_model_returns_the_recommending_model(tok, tmp_path, model):
     assert torch.equal(reloaded.recommend(**inputs, top_k=4).item_indices, model.recommend(**inputs, top_k=4).item_indices)
 
 
+# The state dict of the tester's config with every optional part (use_item_embedding, seen_item_bias), as
+# `modeling_qbert4rec.py` wrote it before inputs became item indices (when the tokenizer also returned `input_ids`):
+# checkpoints exported then must still load, so these keys and shapes may not move.
+PREVIOUS_STATE_DICT_SHAPES = {
+    "item_codes": (20, 3),
+    "qbert4rec.embeddings.code_embeddings.weight": (28, 32),
+    "qbert4rec.embeddings.position_embeddings.weight": (8, 32),
+    "qbert4rec.embeddings.item_embeddings.weight": (22, 32),
+    "qbert4rec.embeddings.LayerNorm.weight": (32,),
+    "qbert4rec.embeddings.LayerNorm.bias": (32,),
+    **{
+        f"qbert4rec.encoder.layers.{layer}.{name}": shape
+        for layer in range(2)
+        for name, shape in {
+            "attention_norm.weight": (32,), "attention_norm.bias": (32,),
+            "attention.qkv.weight": (96, 32), "attention.qkv.bias": (96,),
+            "attention.output.weight": (32, 32), "attention.output.bias": (32,),
+            "ffn_norm.weight": (32,), "ffn_norm.bias": (32,),
+            "ffn.0.weight": (37, 32), "ffn.0.bias": (37,), "ffn.2.weight": (32, 37), "ffn.2.bias": (32,),
+        }.items()
+    },
+    "qbert4rec.encoder.final_norm.weight": (32,),
+    "qbert4rec.encoder.final_norm.bias": (32,),
+    "head.bias": (3, 8),
+    "head.seen_item_bias": (),
+    "head.dense.weight": (32, 32),
+    "head.dense.bias": (32,),
+    "head.LayerNorm.weight": (32,),
+    "head.LayerNorm.bias": (32,),
+}
+OPTIONAL_KEYS = {"use_item_embedding": "qbert4rec.embeddings.item_embeddings.weight", "seen_item_bias": "head.seen_item_bias"}
+
+
+@pytest.mark.parametrize("optional", [(), ("use_item_embedding",), ("use_item_embedding", "seen_item_bias")])
+def test_saved_state_dict_keeps_the_previous_keys_and_shapes(tok, tmp_path, optional):
+    """A checkpoint saved before the restructure (same keys: the `item_codes` buffer, code embeddings, ...) loads."""
+    from safetensors.torch import load_file
+
+    model = tester.get_model(tok, **{flag: True for flag in optional}).eval()
+    model.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "model.safetensors")
+    expected = {key: shape for key, shape in PREVIOUS_STATE_DICT_SHAPES.items()
+                if key not in {OPTIONAL_KEYS[flag] for flag in OPTIONAL_KEYS.keys() - set(optional)}}
+    assert {key: tuple(tensor.shape) for key, tensor in saved.items()} == expected
+    loaded, info = QBert4RecForMaskedItemModeling.from_pretrained(tmp_path, output_loading_info=True)
+    assert not any(info.values()), info  # no missing, unexpected or mismatched keys
+    assert torch.equal(loaded.item_codes, tok.item_codes)
+
+
 # Initialisation.
 def test_init_with_tiny_range_gives_zero_weights_and_unit_norms(tok):
     """transformers' `_config_zero_init` check: every parameter goes through `_init_weights`."""
@@ -376,30 +451,62 @@ def test_init_uses_initializer_range(tok):
 def test_last_position_only_equals_the_last_row_of_the_full_encoder(tok, is_causal):
     model = tester.get_model(tok, is_causal=is_causal).eval()
     inputs = tester.prepare_inputs(tok)  # left-padded rows of 7, 4 and 1 items
-    full = model.qbert4rec(**inputs).last_hidden_state  # (3, 7, 32)
-    last = model.qbert4rec(**inputs, last_position_only=True).last_hidden_state  # (3, 1, 32)
+    encoder_inputs = (model.code_tokens(inputs["item_indices"]), inputs["attention_mask"], inputs["item_indices"])
+    full = model.qbert4rec(*encoder_inputs).last_hidden_state  # (3, 7, 32)
+    last = model.qbert4rec(*encoder_inputs, last_position_only=True).last_hidden_state  # (3, 1, 32)
     assert last.shape == (3, 1, tester.hidden_size)
     torch.testing.assert_close(last[:, 0], full[:, -1])
 
 
 def test_score_items_equals_a_slow_reference(tok, model):
     inputs = tester.prepare_inputs(tok)
-    batch = inputs["input_ids"].shape[0]
-    # Reference: append [MASK], run the forward pass, then for each item sum its codes' log-probabilities.
-    mask = torch.full((batch, 1, 3), tok.mask_token_id)
+    batch = inputs["item_indices"].shape[0]
+    # Reference: append [MASK], run the forward pass, then for each item sum its codes' logits.
     logits = model(
-        input_ids=torch.cat([inputs["input_ids"], mask], dim=1),
+        item_indices=torch.cat([inputs["item_indices"], torch.full((batch, 1), mask_index(tester.num_items))], dim=1),
         attention_mask=torch.cat([inputs["attention_mask"], torch.ones(batch, 1, dtype=torch.long)], dim=1),
-        item_indices=torch.cat([inputs["item_indices"], torch.full((batch, 1), tester.num_items + 1)], dim=1),
     ).logits[:, -1]  # (B, L, K)
-    log_probs = logits.log_softmax(dim=-1)
     reference = torch.tensor(
-        [[sum(log_probs[b, level, tok.item_codes[i, level]].item() for level in range(3)) for i in range(20)]
+        [[sum(logits[b, level, tok.item_codes[i, level]].item() for level in range(3)) for i in range(20)]
          for b in range(batch)]
     )
     torch.testing.assert_close(model.score_items(**inputs), reference, rtol=1e-5, atol=1e-5)
-    # Scores are log-probabilities of a distribution over all 8**3 tuples, so the catalogue's sum stays below 1.
-    assert (model.score_items(**inputs).exp().sum(dim=1) < 1).all()
+
+
+@pytest.mark.parametrize("flags", [{}, {"use_item_embedding": True, "score_item_embedding": True},
+                                   {"seen_item_bias": True}, {"is_causal": True}],
+                         ids=["plain", "score_item_embedding", "seen_item_bias", "causal"])
+def test_score_items_is_item_scores_of_history_states(tok, flags):
+    """One scoring path: `score_items` (hence `recommend`) = `item_scores(history_states(...))`, which evaluation uses,
+    and `item_scores` = `catalogue_scores` over the item table."""
+    model = tester.get_model(tok, **flags).eval()
+    if model.head.seen_item_bias is not None:
+        with torch.no_grad():
+            model.head.seen_item_bias.fill_(-1.5)  # not 0, so that leaving it out would show
+    inputs = tester.prepare_inputs(tok)
+    states = model.history_states(**inputs)
+    assert states.shape == (3, tester.hidden_size)
+    scores = model.item_scores(states, inputs["item_indices"])
+    assert scores.shape == (3, tester.num_items)
+    torch.testing.assert_close(model.score_items(**inputs), scores)
+    seen = () if model.head.seen_item_bias is None else seen_item_columns(inputs["item_indices"], tester.num_items)
+    if seen:
+        seen = (seen[0], seen[1] * model.head.seen_item_bias)
+    torch.testing.assert_close(catalogue_scores(states, *model._item_table(), *seen), scores)
+    top = model.recommend(**inputs, top_k=tester.num_items)
+    torch.testing.assert_close(top.scores, scores.gather(1, top.item_indices))
+
+
+def test_catalogue_scores_add_the_seen_values_once_per_column():
+    g = torch.Generator().manual_seed(0)
+    states, embeddings, bias = torch.randn(2, 4, generator=g), torch.randn(5, 4, generator=g), torch.randn(5, generator=g)
+    columns, weights = seen_item_columns(torch.tensor([[1, 1, 3, 5], [6, 5, 5, 0]]), 5)  # 5, 6: padding, [MASK]
+    scores = catalogue_scores(states, embeddings, bias, columns, weights * 2.0)
+    expected = states @ embeddings.T + bias
+    expected[0, [1, 3]] += 2.0
+    expected[1, 0] += 2.0
+    torch.testing.assert_close(scores, expected)
+    torch.testing.assert_close(catalogue_scores(states, embeddings, bias), states @ embeddings.T + bias)
 
 
 @pytest.mark.parametrize("score_item_embedding", [False, True])
@@ -491,18 +598,40 @@ def test_recommend_through_the_tokenizer_returns_item_ids(tok, model):
 
 
 # Bad input.
-def test_wrong_input_ids_shape_is_refused(tok, model):
+def test_forgetting_return_tensors_is_refused_saying_so(tok, model):
+    lists = tok(tester.histories(tok))  # no return_tensors="pt": nested lists
+    message = r"item_indices must be a tensor, got list: call the tokenizer with return_tensors='pt'"
+    with pytest.raises(TypeError, match=message):
+        model.recommend(**lists)
+    with pytest.raises(TypeError, match=message):
+        model.score_items(**lists)
+    with pytest.raises(TypeError, match=message):
+        model(**lists)
+    tensors = tok(tester.histories(tok), return_tensors="pt")
+    with pytest.raises(TypeError, match=r"attention_mask must be a tensor, got list: call the tokenizer with"):
+        model.recommend(tensors["item_indices"], lists["attention_mask"])
+
+
+def test_wrong_input_shape_is_refused(tok, model):
     inputs = tester.prepare_inputs(tok)
+    with pytest.raises(ValueError, match=r"item_indices must have shape \(batch, seq_len\), got \(3, 7, 1\)"):
+        model(inputs["item_indices"][..., None], inputs["attention_mask"])
+    with pytest.raises(ValueError, match=r"item_indices must have shape \(batch, seq_len\), got \(7,\)"):
+        model.recommend(inputs["item_indices"][0])
+    tokens = model.code_tokens(inputs["item_indices"])
     with pytest.raises(ValueError, match=r"input_ids must have shape \(batch, seq_len, num_codebooks=3\), got \(3, 7\)"):
-        model(inputs["input_ids"][..., 0], inputs["attention_mask"])
+        model.qbert4rec(tokens[..., 0], inputs["attention_mask"])
     with pytest.raises(ValueError, match=r"num_codebooks=3\), got \(3, 7, 2\)"):
-        model.qbert4rec(inputs["input_ids"][..., :2], inputs["attention_mask"])
+        model.qbert4rec(tokens[..., :2], inputs["attention_mask"])
 
 
 def test_too_long_sequence_is_refused(tok, model):
-    input_ids = tok.item_token_ids[torch.arange(9)][None]  # (1, 9, 3) > max_position_embeddings = 8
-    with pytest.raises(ValueError, match=r"sequence of 9 positions exceeds max_position_embeddings=8"):
-        model(input_ids, torch.ones(1, 9, dtype=torch.long))
+    item_indices = torch.arange(9)[None]  # (1, 9) > max_position_embeddings = 8
+    for grad in (True, False):  # code token ids with gradients, the cached input table without
+        with torch.set_grad_enabled(grad), pytest.raises(
+            ValueError, match=r"sequence of 9 positions exceeds max_position_embeddings=8"
+        ):
+            model(item_indices, torch.ones(1, 9, dtype=torch.long))
 
 
 def test_right_padded_history_is_refused(tok, model):
@@ -518,31 +647,26 @@ def test_top_k_out_of_range_is_refused(tok, model, top_k):
         model.recommend(**tester.prepare_inputs(tok), top_k=top_k)
 
 
-def test_exclude_history_without_item_indices_is_refused(tok, model):
-    inputs = tester.prepare_inputs(tok)
-    with pytest.raises(ValueError, match=r"exclude_history=True needs item_indices"):
-        model.recommend(inputs["input_ids"], inputs["attention_mask"], top_k=3, exclude_history=True)
-
-
 def test_labels_of_the_wrong_shape_are_refused(tok, model):
     inputs = tester.prepare_masked_inputs(tok)
-    inputs["labels"] = inputs["labels"][..., 0]
-    with pytest.raises(ValueError, match=r"labels must have the shape of input_ids \(3, 7, 3\), got \(3, 7\)"):
+    inputs["labels"] = inputs["labels"][..., None]
+    with pytest.raises(ValueError, match=r"labels must have the shape of item_indices \(3, 7\), got \(3, 7, 1\)"):
         model(**inputs)
 
 
-def test_labels_holding_special_tokens_are_refused(tok, model):
+@pytest.mark.parametrize("label", [mask_index(20), padding_index(20), -1])
+def test_labels_outside_the_catalogue_are_refused(tok, model, label):
     inputs = tester.prepare_masked_inputs(tok)
-    inputs["labels"][0, -1, 1] = tok.mask_token_id
-    with pytest.raises(ValueError, match=r"labels must be code token ids \(or -100\)"):
+    inputs["labels"][0, -1] = label
+    with pytest.raises(ValueError, match=r"labels must be item indices in \[0, 20\) or -100"):
         model(**inputs)
 
 
-def test_item_embedding_model_needs_item_indices(tok):
-    model = tester.get_model(tok, use_item_embedding=True).eval()
+def test_bare_encoder_with_item_embeddings_needs_item_indices(tok, model):
+    encoder = QBert4RecModel(tester.get_config(use_item_embedding=True)).eval()
     inputs = tester.prepare_inputs(tok)
     with pytest.raises(ValueError, match=r"use_item_embedding=True\): pass item_indices"):
-        model(inputs["input_ids"], inputs["attention_mask"])
+        encoder(model.code_tokens(inputs["item_indices"]), inputs["attention_mask"])
 
 
 def test_set_item_codes_refuses_a_wrong_table(tok, model):
@@ -562,20 +686,20 @@ def test_check_tokenizer_accepts_its_own_and_refuses_another_table(tok, model):
         model.check_tokenizer(tester.get_tokenizer(seed=1))
 
 
-def test_score_items_refuses_inputs_from_another_table(tok, model):
-    other = tester.get_tokenizer(seed=1)  # same item ids and sizes, other semantic IDs
-    with pytest.raises(ValueError, match=r"input_ids do not match this model's item table.*different item table"):
-        model.score_items(**tester.prepare_inputs(other))
-    with pytest.raises(ValueError, match=r"input_ids do not match this model's item table"):
-        model.recommend(**tester.prepare_inputs(other), top_k=3)
+def test_score_items_refuses_item_indices_outside_the_catalogue(tok, model):
     bigger = tester.get_tokenizer(num_items=25)
     batch = bigger([[bigger.item_ids[24]]], return_tensors="pt")  # item index 24 is beyond the model's 20 items
-    with pytest.raises(ValueError, match=r"item_indices outside \[0, 21\]: the tokenizer was built for a different"):
+    message = r"item_indices outside \[0, 21\]: the tokenizer was built for a different item table than this model"
+    with pytest.raises(ValueError, match=message):
         model.score_items(**batch)
+    with pytest.raises(ValueError, match=message):
+        model.recommend(**batch, top_k=3)
+    with pytest.raises(ValueError, match=r"item_indices outside \[0, 21\]"):
+        model(torch.tensor([[-1, 3]]))
 
 
 def test_empty_history_still_gets_recommendations(tok, model):
-    batch = tok([[], [tok.item_ids[0]]], return_tensors="pt")
+    batch = tok([[], [tok.item_ids[0]]], return_tensors="pt")  # logs a warning: see tests/test_tokenization.py
     out = model.recommend(**batch, top_k=3, exclude_history=True)
     assert torch.isfinite(out.scores).all() and out.item_indices.shape == (2, 3)
     assert 0 not in out.item_indices[1].tolist()
@@ -585,7 +709,6 @@ def test_empty_history_still_gets_recommendations(tok, model):
 def test_seen_item_bias_adds_one_logit_to_each_distinct_history_item(tok):
     inputs = tester.prepare_inputs(tok)
     inputs["item_indices"][0, :2] = inputs["item_indices"][0, 2]  # a repeated item still gets the logit once
-    inputs["input_ids"][0, :2] = inputs["input_ids"][0, 2]
     model = tester.get_model(tok, seen_item_bias=True).eval()
     unbiased = model.score_items(**inputs)
     with torch.no_grad():
@@ -606,8 +729,8 @@ def test_seen_item_bias_loss_and_gradient_match_a_reference(tok, monkeypatch, is
     inputs = tester.prepare_inputs(tok) if is_causal else tester.prepare_masked_inputs(tok)
     labels = inputs.pop("labels", None)
     if is_causal:  # every real position predicts some item
-        labels = tok.item_token_ids[torch.randint(0, tester.num_items, (3, 7), generator=torch.Generator().manual_seed(1))]
-        labels = labels.masked_fill(~inputs["attention_mask"].bool()[..., None], -100)
+        labels = torch.randint(0, tester.num_items, (3, 7), generator=torch.Generator().manual_seed(1))
+        labels = labels.masked_fill(~inputs["attention_mask"].bool(), -100)
     model = tester.get_model(tok, seen_item_bias=True, loss_type="items", is_causal=is_causal,
                              hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     with torch.no_grad():
@@ -617,21 +740,28 @@ def test_seen_item_bias_loss_and_gradient_match_a_reference(tok, monkeypatch, is
     fused = model.head.seen_item_bias.grad.clone()
     model.zero_grad()
 
-    hidden = model.qbert4rec(inputs["input_ids"], inputs["attention_mask"], inputs["item_indices"]).last_hidden_state
-    rows, positions = (labels[..., 0] != -100).nonzero(as_tuple=True)
+    item_indices = inputs["item_indices"]
+    hidden = model.qbert4rec(model.code_tokens(item_indices), inputs["attention_mask"], item_indices).last_hidden_state
+    rows, positions = (labels != -100).nonzero(as_tuple=True)
     states = model.head.transform(hidden[rows, positions])
     item_embeddings, item_bias = model._item_table()
     logits = F.linear(states, item_embeddings, item_bias)
     seen = torch.zeros_like(logits)
+    histories = []  # (M, T): what each labelled position has seen, padding after it
     for m, (row, position) in enumerate(zip(rows.tolist(), positions.tolist())):
-        visible = inputs["item_indices"][row, : position + 1] if is_causal else inputs["item_indices"][row]
+        visible = item_indices[row, : position + 1] if is_causal else item_indices[row]
         seen[m, visible[visible < tester.num_items]] = 1.0
-    targets = torch.tensor([tok.item_codes.tolist().index((t - model._level_offsets()).tolist()) for t in labels[rows, positions]])
+        histories.append(F.pad(visible, (0, 7 - len(visible)), value=padding_index(tester.num_items)))
+    targets = labels[rows, positions]
     reference = F.cross_entropy(logits + seen * model.head.seen_item_bias, targets)
     reference.backward()
     assert seen.any() and 0 < seen.mean() < 1
     torch.testing.assert_close(fused_loss, reference)
     torch.testing.assert_close(fused, model.head.seen_item_bias.grad)
+    # The loss scores items as recommend does: cross-entropy over `item_scores`.
+    with torch.no_grad():
+        scored = F.cross_entropy(model.item_scores(states, torch.stack(histories)), targets)
+    torch.testing.assert_close(fused_loss.detach(), scored)
 
 
 def test_seen_item_bias_starts_at_zero_on_a_model_saved_without_it(tok, model, tmp_path):
@@ -647,11 +777,8 @@ def test_seen_item_bias_starts_at_zero_on_a_model_saved_without_it(tok, model, t
     assert QBert4RecForMaskedItemModeling.from_pretrained(tmp_path / "again").head.seen_item_bias.item() == -2.0
 
 
-def test_seen_item_bias_needs_item_indices_and_the_catalogue_loss(tok):
+def test_seen_item_bias_scores_need_the_histories(tok):
     model = tester.get_model(tok, seen_item_bias=True).eval()
-    inputs = tester.prepare_inputs(tok)
-    states = model.history_states(**inputs)
-    with pytest.raises(ValueError, match="pass item_indices"):
-        model.item_logits(states)
-    with pytest.raises(ValueError, match="catalogue loss"):
-        tester.get_config(seen_item_bias=True, loss_type="codes")
+    states = model.history_states(**tester.prepare_inputs(tok))
+    with pytest.raises(ValueError, match=r"adds a learned logit to history items \(seen_item_bias=True\): pass item_indices"):
+        model.item_scores(states)

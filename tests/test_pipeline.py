@@ -67,18 +67,18 @@ def test_code_embeddings_from_the_real_codebooks_keep_stage_2_neighbours(smoke_r
 
 def test_neighbours_benchmark_reads_every_representation_of_the_pipeline(smoke_run, tmp_path):
     import torch.nn.functional as F
-    from datasets import load_from_disk
     from safetensors.torch import load_file
 
     from benchmarks import neighbours
+    from training.prepared import load_item_ids, load_sequences
 
     report = neighbours.main(["--pipeline_dir", str(smoke_run), "--results_dir", str(tmp_path)])
     assert set(report["rows"]) == {"text features", "structure features", "stage 1 fused vectors", "stage 2 codebook sums"}
     assert report["num_users"] == 300 and (tmp_path / f"neighbours-{smoke_run.name}.md").is_file()
     # The fused row by hand: the target's 0-based place among all items by cosine similarity to the newest item.
-    items = load_from_disk(str(smoke_run / "data" / "items"))["item_id"]
+    items = load_item_ids(smoke_run / "data")
     index = {item: i for i, item in enumerate(items)}
-    test = load_from_disk(str(smoke_run / "data" / "sequences"))["test"]
+    test = load_sequences(smoke_run / "data")["test"]
     fused = F.normalize(load_file(str(smoke_run / "inject" / "fused.safetensors"))["embeddings"], dim=-1)
     ndcg = 0.0
     for history, target in zip(test["item_ids"], test["target"]):

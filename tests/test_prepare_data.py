@@ -1,4 +1,4 @@
-"""The `prepare_data.py` command: flags, YAML section, default input, saved folder that reloads."""
+"""The `prepare_data.py` command: flags, YAML section, default input, saved folder that reloads, sources listed."""
 
 import json
 import re
@@ -8,8 +8,9 @@ import sys
 import pytest
 
 from training.config import DATA_DIR_ENV, REPO_ROOT
-from training.data import load_prepared, load_summary
 from training.prepare_data import main
+from training.prepared import load_items, load_sequences, load_summary
+from training.readers import READERS
 
 
 def write_tiny_s3rec(folder):
@@ -28,15 +29,29 @@ def test_cli_writes_a_folder_that_reloads(tmp_path, capsys):
     source = write_tiny_s3rec(tmp_path / "tiny")
     output = main(["--source", "s3rec", "--input", str(source), "--output_dir", str(tmp_path / "out")])
     assert output == tmp_path / "out"
-    sequences, items = load_prepared(output)
-    assert sequences["test"]["target"] == ["A4", "A1", "A1"]
-    assert items["title"] == ["Nail & Polish", "Cream", "", "Shampoo"]
+    assert load_sequences(output)["test"]["target"] == ["A4", "A1", "A1"]
+    assert load_items(output)["title"] == ["Nail & Polish", "Cream", "", "Shampoo"]
     summary = load_summary(output)
     assert (summary["users"], summary["items"], summary["interactions"]) == (3, 4, 11)
     assert summary["dropped"]["short_user_interactions"] == 2
     printed = capsys.readouterr().out
     assert re.search(r"^users\s+3$", printed, re.M) and re.search(r"^dropped short user interactions\s+2$", printed, re.M)
     assert "items without title" in printed and f"saved to {output}" in printed
+
+
+def test_cli_drops_and_counts_unnamed_attributes(tmp_path, capsys):
+    source = write_tiny_s3rec(tmp_path / "tiny")  # attribute 99 of item 3 has no name
+    (source / "Tiny_item2attributes.json").write_text('{"1": [1, 2, 3], "2": [4, 5], "3": [2, 6, 99], "4": [7, 8]}')
+    names = ["OPI", "Makeup", "Nails", "Skin Care", "Face", "Lips", "Acme", "Hair Care"]
+    (source / "attribute_names.json").write_text(json.dumps({str(i): name for i, name in enumerate(names, start=1)}))
+    output = main(["--source", "s3rec", "--input", str(source), "--output_dir", str(tmp_path / "out")])
+    assert load_summary(output)["unnamed_attributes"] == {"ids": 1, "items": 1}
+    assert load_items(output)["categories"][2] == ["Makeup", "Lips"]  # item 3 kept, with its named attributes
+    assert re.search(r"^unnamed attributes dropped\s+1 id\(s\) on 1 item\(s\)$", capsys.readouterr().out, re.M)
+    with pytest.raises(ValueError, match=r"no name for attribute id\(s\) \[99\] \(item 3 in Tiny_item2attributes"):
+        main(["--source", "s3rec", "--input", str(source), "--on_unnamed_attribute", "error",
+              "--output_dir", str(tmp_path / "refused")])
+    assert not (tmp_path / "refused").exists()
 
 
 def test_cli_yaml_section_and_default_input(tmp_path, monkeypatch):
@@ -66,9 +81,17 @@ def test_cli_help_runs_as_a_script():
     assert "--k_core" in result.stdout and "--output_dir" in result.stdout
 
 
+def test_help_lists_the_registered_sources(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--source {" + ",".join(READERS) + "}" in help_text
+    for name, reader in READERS.items():
+        assert f"{name}: {reader.description}" in help_text
+
+
 def test_cli_real_office(office_dir, tmp_path):
     output = main(["--source", "lcrec", "--input", str(office_dir), "--output_dir", str(tmp_path / "office")])
     summary = json.loads((output / "summary.json").read_text())
     assert (summary["users"], summary["items"], summary["interactions"]) == (4905, 2420, 53258)
-    sequences, items = load_prepared(output)
-    assert len(sequences["train"]) == 4905 and len(items) == 2420
+    assert len(load_sequences(output)["train"]) == 4905 and len(load_items(output)) == 2420

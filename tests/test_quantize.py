@@ -1,4 +1,4 @@
-"""Stage 2: residual quantisers (round trip, determinism), disambiguation, stats, the CLI and its bad-input errors."""
+"""Stage 2, the command: unique semantic IDs, the files it writes, determinism, its YAML section and bad input."""
 
 import json
 import re
@@ -7,34 +7,13 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
+from test_quantizers import DIM, NUM_CLUSTERS, clustered_vectors
 
 from tokenization_semantic_id import SemanticIdTokenizer
 from training.explain_codes import leaf_labels, load_items, purity_table
-from training.quantize import (
-    RQVAE,
-    QuantizeArgs,
-    ResidualKMeans,
-    check_embeddings,
-    collision_stats,
-    disambiguate,
-    fit_quantizer,
-    codebook_sum,
-    kmeans,
-    level_stats,
-    load_codebooks,
-    main,
-)
-
-NUM_CLUSTERS, PER_CLUSTER, DIM = 6, 8, 16
-
-
-def clustered_vectors(seed=0):
-    """`(48, 16)` vectors in 6 well-separated clusters, and each item's cluster `(48,)`."""
-    generator = torch.Generator().manual_seed(seed)
-    centres = torch.randn(NUM_CLUSTERS, DIM, generator=generator) * 5
-    clusters = torch.arange(NUM_CLUSTERS).repeat_interleave(PER_CLUSTER)
-    return centres[clusters] + 0.1 * torch.randn(len(clusters), DIM, generator=generator), clusters
+from training.quantize import QuantizeArgs, check_embeddings, load_codebooks, main
+from training.quantizers import codebook_sum
 
 
 def write_dataset(tmp_path, embeddings, item_ids=None, categories=None):
@@ -63,75 +42,7 @@ TINY_RQVAE = ["--codebook_size", "8", "--num_codebooks", "2", "--hidden_sizes", 
               "--warmup_epochs", "2", "--epochs", "3", "--batch_size", "16"]  # fmt: skip
 
 
-# Quantisers.
-def test_rqvae_decode_path_matches_forward():
-    vectors, _ = clustered_vectors()
-    torch.manual_seed(0)
-    model = RQVAE(DIM, [32], latent_dim=8, num_codebooks=3, codebook_size=8)
-    model.train()
-    model(vectors)  # k-means initialisation and one EMA step
-    model.eval()
-    with torch.no_grad():
-        output = model(vectors)
-        looked_up = sum(model.codebooks[level][output.codes[:, level]] for level in range(3))
-        assert output.codes.shape == (len(vectors), 3)
-        torch.testing.assert_close(output.quantized, looked_up)
-        torch.testing.assert_close(model.decode_codes(output.codes), looked_up)
-        torch.testing.assert_close(model.quantizer.get_output_from_indices(output.codes), looked_up)
-        torch.testing.assert_close(model.reconstruct(vectors), model.decoder(looked_up))
-        assert torch.equal(model.encode(vectors), output.codes)
-
-
-def test_rqvae_training_lowers_loss_and_gradients_reach_encoder():
-    vectors, _ = clustered_vectors()
-    vectors = torch.nn.functional.normalize(vectors, dim=-1)
-    args = QuantizeArgs(
-        codebook_size=8, num_codebooks=2, hidden_sizes=[32], latent_dim=8, warmup_epochs=2, epochs=6, batch_size=8,
-        learning_rate=1e-2,
-    )  # fmt: skip
-    model, log = fit_quantizer(vectors, args)
-    assert [entry["warmup"] for entry in log] == [True] * 2 + [False] * 6
-    assert log[-1]["reconstruction_loss"] < 0.5 * log[0]["reconstruction_loss"], log
-    assert all(entry["commitment_loss"] > 0 for entry in log[2:])
-    model.train()
-    model(vectors).loss.backward()
-    assert model.encoder[0].weight.grad.abs().sum() > 0
-
-
-def test_kmeans_recovers_separated_clusters():
-    vectors, clusters = clustered_vectors()
-    _, assignments = kmeans(vectors, NUM_CLUSTERS, num_iters=10, generator=torch.Generator().manual_seed(0))
-    # Same partition: each cluster maps to one code and no two clusters share one.
-    pairs = set(zip(clusters.tolist(), assignments.tolist()))
-    assert len(pairs) == NUM_CLUSTERS and len({c for _, c in pairs}) == NUM_CLUSTERS
-
-
-def test_residual_kmeans_round_trip_and_levels_reduce_error():
-    vectors, _ = clustered_vectors()
-    quantizer = ResidualKMeans(DIM, num_codebooks=3, codebook_size=4).fit(
-        vectors, num_iters=10, generator=torch.Generator().manual_seed(0)
-    )
-    codes = quantizer.encode(vectors)
-    looked_up = sum(quantizer.codebooks[level][codes[:, level]] for level in range(3))
-    torch.testing.assert_close(quantizer.decode_codes(codes), looked_up)
-    torch.testing.assert_close(quantizer.reconstruct(vectors), looked_up)
-    residual_errors = []
-    for levels in range(1, 4):
-        partial = sum(quantizer.codebooks[level][codes[:, level]] for level in range(levels))
-        residual_errors.append(float((vectors - partial).pow(2).sum()))
-    assert residual_errors[0] > residual_errors[1] > residual_errors[2]
-
-
-def test_quantizer_refuses_wrong_input_dimension():
-    vectors, _ = clustered_vectors()
-    quantizer = ResidualKMeans(DIM, 2, 4).fit(vectors, 5, torch.Generator().manual_seed(0))
-    with pytest.raises(ValueError, match=r"expects vectors of shape \(N, 16\), got \(48, 12\)"):
-        quantizer.encode(vectors[:, :12])
-    model = RQVAE(DIM, [32], latent_dim=8, num_codebooks=2, codebook_size=8)
-    with pytest.raises(ValueError, match=r"expects vectors of shape \(N, 16\), got \(48, 12\)"):
-        model.encode(vectors[:, :12])
-
-
+# The command.
 @pytest.mark.parametrize("method", ["rqvae", "rkmeans"])
 def test_same_seed_same_codes(tmp_path, method):
     vectors, _ = clustered_vectors()
@@ -143,40 +54,6 @@ def test_same_seed_same_codes(tmp_path, method):
     assert torch.equal(codes_a, codes_b)
 
 
-# Disambiguation and statistics.
-def test_disambiguation_ranks_items_within_colliding_groups():
-    codes = torch.tensor([[1, 2], [0, 0], [1, 2], [1, 2], [0, 1]])
-    final = disambiguate(codes, codebook_size=4)
-    assert final[:, :2].tolist() == codes.tolist()
-    assert final[:, 2].tolist() == [0, 0, 1, 2, 0]
-    assert len(torch.unique(final, dim=0)) == len(codes)
-
-
-def test_disambiguation_group_too_big():
-    codes = torch.tensor([[1, 2]] * 5 + [[0, 0]])
-    ids = [f"item{n}" for n in range(6)]
-    with pytest.raises(ValueError, match=r"5 items share the code tuple \[1, 2\] \(e.g. items 'item0', 'item1', "
-                                         r"'item2'\), more than codebook_size=4"):  # fmt: skip
-        disambiguate(codes, codebook_size=4, item_ids=ids)
-
-
-def test_collision_and_level_stats():
-    codes = torch.tensor([[1, 2], [0, 0], [1, 2], [1, 2], [0, 1], [0, 1]])
-    assert collision_stats(codes) == {
-        "unique_tuples": 3,
-        "collision_rate": 0.5,
-        "colliding_items": 5,
-        "colliding_groups": 2,
-        "max_group_size": 3,
-    }
-    uniform = level_stats(torch.tensor([0, 1, 2, 3] * 3), codebook_size=8)
-    assert uniform["codes_used"] == 4 and uniform["utilisation"] == 0.5
-    assert uniform["perplexity"] == pytest.approx(4.0)
-    skewed = level_stats(torch.tensor([0] * 9 + [1, 2, 3]), codebook_size=8)
-    assert 1.0 < skewed["perplexity"] < 4.0 and skewed["largest_code_share"] == 0.75
-
-
-# The command.
 @pytest.mark.parametrize("method", ["rqvae", "rkmeans"])
 def test_main_writes_unique_semantic_ids_and_stats(tmp_path, method):
     vectors, _ = clustered_vectors()
@@ -196,16 +73,15 @@ def test_main_writes_unique_semantic_ids_and_stats(tmp_path, method):
     assert on_disk["reconstruction"]["relative_squared_error"] < (0.05 if method == "rkmeans" else 2.0)
     assert on_disk["time_seconds"]["total"] > 0
     assert (out / "code_usage.png").stat().st_size > 1000
-    from safetensors.torch import load_file
-
-    saved = load_file(str(out / "quantizer.safetensors"))
-    assert saved["input_mean"].shape == saved["input_std"].shape == (DIM,)  # 'standard' input normalisation
+    saved = load_file(str(out / "input_normalisation.safetensors"))
+    assert saved["mean"].shape == saved["std"].shape == (DIM,)  # 'standard' input normalisation
+    assert json.loads((out / "quantizer_config.json").read_text())["method"] == method
     assert stats["levels"] == on_disk["levels"]
     # The saved codebooks, without the disambiguation level: (2 levels, 8 codes, the quantised space).
     codebooks = load_codebooks(out)
     assert codebooks.shape == (2, 8, 8 if method == "rqvae" else DIM)
     if method == "rkmeans":  # the items' codes pick vectors that sum to their (normalised) inputs
-        normalised = (vectors - saved["input_mean"]) / saved["input_std"]
+        normalised = (vectors - saved["mean"]) / saved["std"]
         quantised = codebook_sum(codebooks, tokenizer.item_codes[:, :2])
         assert ((quantised - normalised).norm(dim=1) / normalised.norm(dim=1)).mean() < 0.25
     with pytest.raises(FileNotFoundError, match="not written by training/quantize.py"):
@@ -271,7 +147,7 @@ def test_duplicate_item_ids(tmp_path):
 
 
 def test_bad_method():
-    with pytest.raises(ValueError, match=r"method must be one of \('rqvae', 'rkmeans'\), got 'vq'"):
+    with pytest.raises(ValueError, match=r"method must be one of \('rkmeans', 'rqvae'\), got 'vq'"):
         QuantizeArgs(method="vq")
 
 

@@ -1,12 +1,22 @@
-"""SemanticIdTokenizer: round trips, save/load identity, truncation, padding, rendering and bad input."""
+"""The catalogue (padding and mask indices, code token ids, left padding) and SemanticIdTokenizer: round trips,
+save/load identity, truncation, padding, rendering, empty histories and bad input."""
 
 import json
+import logging
 
 import pytest
 import torch
 from transformers import AutoTokenizer
 
-from tokenization_semantic_id import SPECIAL_TOKENS, SemanticIdTokenizer
+from tokenization_semantic_id import (
+    NUM_SPECIAL_TOKENS,
+    SPECIAL_TOKENS,
+    SemanticIdTokenizer,
+    code_token_ids,
+    left_pad,
+    mask_index,
+    padding_index,
+)
 
 NUM_CODEBOOKS, CODEBOOK_SIZE, NUM_ITEMS = 3, 8, 20
 
@@ -43,17 +53,44 @@ def _write_table(path, **overrides):
     path.write_text(json.dumps(table))
 
 
+# The catalogue's facts.
+def test_padding_and_mask_indices_follow_the_items():
+    assert (padding_index(20), mask_index(20)) == (20, 21)
+    assert (padding_index(1), mask_index(1)) == (1, 2)
+
+
+def test_code_token_ids_give_each_level_its_own_span():
+    codes = torch.tensor([[0, 0, 0], [7, 7, 7], [1, 2, 3]])
+    assert code_token_ids(codes, CODEBOOK_SIZE).tolist() == [[4, 12, 20], [11, 19, 27], [5, 14, 23]]
+    assert code_token_ids(codes[None], CODEBOOK_SIZE).shape == (1, 3, 3)  # any leading shape
+    every_code = torch.arange(CODEBOOK_SIZE)[:, None].expand(-1, NUM_CODEBOOKS)
+    assert sorted(code_token_ids(every_code, CODEBOOK_SIZE).flatten().tolist()) == list(
+        range(NUM_SPECIAL_TOKENS, NUM_SPECIAL_TOKENS + NUM_CODEBOOKS * CODEBOOK_SIZE)
+    )
+
+
+def test_left_pad_keeps_the_newest_items_right_aligned():
+    indices, valid = left_pad([[1, 2, 3, 4], [5], []], keep=3, pad=9)
+    assert indices.tolist() == [[2, 3, 4], [9, 9, 5], [9, 9, 9]]
+    assert valid.tolist() == [[True] * 3, [False, False, True], [False] * 3]
+    assert indices.dtype == torch.long and valid.dtype == torch.bool
+    indices, valid = left_pad([[1, 2], [5]], keep=3, pad=9, extra_slots=1)
+    assert indices.tolist() == [[1, 2, 9], [9, 5, 9]] and valid[:, -1].tolist() == [False, False]
+    indices, valid = left_pad([[1, 2], []], keep=0, pad=9, extra_slots=1)
+    assert indices.tolist() == [[9], [9]] and not valid.any()
+    with pytest.raises(ValueError, match=r"sequence 1: item indices must be ints, got \['a'\]"):
+        left_pad([[1], ["a"]], keep=3, pad=9)
+
+
 # Items -> inputs -> items.
 def test_round_trip_items_to_inputs_to_items(tok):
     histories = [tok.item_ids[:4], tok.item_ids[10:12], [tok.item_ids[19]]]
     batch = tok(histories, return_tensors="pt")
-    assert batch["input_ids"].shape == (3, 4, NUM_CODEBOOKS)
+    assert set(batch) == {"item_indices", "attention_mask"}
     assert batch["attention_mask"].shape == batch["item_indices"].shape == (3, 4)
     for row, history in enumerate(histories):
         real = batch["attention_mask"][row].bool()
         assert tok.decode_items(batch["item_indices"][row][real]) == history
-        # Each real position holds the token ids of its item's codes.
-        assert torch.equal(batch["input_ids"][row][real], tok.item_token_ids[batch["item_indices"][row][real]])
     assert tok.encode_items(histories[0]) == [0, 1, 2, 3]
     assert tok.decode_items([[0, 1], [19]]) == [tok.item_ids[:2], [tok.item_ids[19]]]
     assert tok.decode_items(batch["item_indices"][0].numpy()) == histories[0]
@@ -67,7 +104,8 @@ def test_one_history_as_a_flat_list_is_a_batch_of_one(tok):
 def test_return_lists_match_return_tensors(tok):
     histories = [tok.item_ids[:3], [tok.item_ids[5]]]
     as_lists, as_tensors = tok(histories), tok(histories, return_tensors="pt")
-    for key in ("input_ids", "attention_mask", "item_indices"):
+    assert set(as_lists) == set(as_tensors) == {"item_indices", "attention_mask"}
+    for key in as_lists:
         assert as_lists[key] == as_tensors[key].tolist()
 
 
@@ -75,7 +113,7 @@ def test_left_padding_puts_the_newest_item_last(tok):
     batch = tok([tok.item_ids[:3], [tok.item_ids[7]]], return_tensors="pt")
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
     assert batch["item_indices"][1].tolist() == [NUM_ITEMS, NUM_ITEMS, 7]
-    assert (batch["input_ids"][1, :2] == tok.pad_token_id).all()
+    assert tok.padding_index == padding_index(NUM_ITEMS) == NUM_ITEMS
 
 
 def test_truncation_keeps_the_newest_items(tok):
@@ -84,9 +122,47 @@ def test_truncation_keeps_the_newest_items(tok):
     assert tok.decode_items(tok([history], max_len=2)["item_indices"])[0] == history[-2:]
 
 
-def test_empty_history_is_one_padding_position(tok):
-    batch = tok([[], tok.item_ids[:2]], return_tensors="pt")
+# Histories with no known item.
+def test_empty_history_is_padding_and_logs_a_warning(tok, caplog):
+    with caplog.at_level(logging.WARNING, logger="tokenization_semantic_id"):
+        batch = tok([[], tok.item_ids[:2]], return_tensors="pt")
     assert batch["attention_mask"].tolist() == [[0, 0], [1, 1]]
+    assert batch["item_indices"][0].tolist() == [NUM_ITEMS, NUM_ITEMS]
+    assert ("1 of 2 histories (first: 0) hold no known item: they are scored from the [MASK] position alone"
+            in caplog.text)
+    assert "empty_histories='error'" in caplog.text
+
+
+def test_all_empty_histories_are_one_padding_position(tok, caplog):
+    with caplog.at_level(logging.WARNING, logger="tokenization_semantic_id"):
+        batch = tok([[], []], return_tensors="pt")
+    assert batch["item_indices"].tolist() == [[NUM_ITEMS], [NUM_ITEMS]]
+    assert batch["attention_mask"].tolist() == [[0], [0]]
+    assert "2 of 2 histories" in caplog.text
+
+
+def test_history_whose_items_were_all_skipped_logs_a_warning(tok, caplog):
+    histories = [tok.item_ids[:2], ["NOT-AN-ASIN", "ALSO-UNKNOWN"]]
+    with caplog.at_level(logging.WARNING, logger="tokenization_semantic_id"):
+        batch = tok(histories, return_tensors="pt", unknown_items="skip")
+    assert batch["attention_mask"].tolist() == [[1, 1], [0, 0]]
+    assert "1 of 2 histories (first: 1) hold no known item" in caplog.text
+
+
+def test_histories_with_items_log_nothing(tok, caplog):
+    with caplog.at_level(logging.WARNING, logger="tokenization_semantic_id"):
+        tok([tok.item_ids[:2], ["NOT-AN-ASIN", tok.item_ids[3]]], unknown_items="skip")
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize("histories", [[[], ["B00ITEM001"]], [["B00ITEM001"], ["NOT-AN-ASIN"]]],
+                         ids=["empty", "all-skipped"])
+def test_empty_history_raises_when_asked(tok, histories):
+    with pytest.raises(ValueError, match=r"1 of 2 histories \(first: [01]\) hold no known item: they are scored "
+                                         r"from the \[MASK\] position alone, which ranks items close to popularity"):
+        tok(histories, unknown_items="skip", empty_histories="error")
+    with pytest.raises(ValueError, match=r"empty_histories must be one of \('allow', 'error'\), got 'warn'"):
+        tok(histories, unknown_items="skip", empty_histories="warn")
 
 
 # Table and vocabulary.
@@ -100,14 +176,17 @@ def test_specials_never_collide_with_code_tokens(tok):
     special_ids = {vocab[token] for token in SPECIAL_TOKENS}
     assert special_ids == set(range(len(SPECIAL_TOKENS)))
     assert {tok.pad_token_id, tok.mask_token_id, tok.unk_token_id, tok.sep_token_id} == special_ids
-    assert special_ids.isdisjoint(tok.item_token_ids.flatten().tolist())
+    item_token_ids = code_token_ids(tok.item_codes, CODEBOOK_SIZE)  # (num_items, 3)
+    assert special_ids.isdisjoint(item_token_ids.flatten().tolist())
     assert len(set(vocab.values())) == len(vocab) == tok.vocab_size == 4 + NUM_CODEBOOKS * CODEBOOK_SIZE
     # Each level owns its own span of ids: level l's codes lie in [4 + l * 8, 4 + (l + 1) * 8).
     for level in range(NUM_CODEBOOKS):
-        ids = tok.item_token_ids[:, level]
+        ids = item_token_ids[:, level]
         assert ((ids >= 4 + level * CODEBOOK_SIZE) & (ids < 4 + (level + 1) * CODEBOOK_SIZE)).all()
     a, b, c = tiny_codes()[3].tolist()
-    assert tok.convert_ids_to_tokens(tok.item_token_ids[3].tolist()) == [f"<a_{a}>", f"<b_{b}>", f"<c_{c}>"]
+    assert tok.convert_ids_to_tokens(item_token_ids[3].tolist()) == [f"<a_{a}>", f"<b_{b}>", f"<c_{c}>"]
+    # The vocabulary and `code_token_ids` agree: tokenizing an item id gives its code tokens' ids.
+    assert tok.convert_tokens_to_ids(tok.tokenize(tok.item_ids[3])) == item_token_ids[3].tolist()
 
 
 def test_table_is_injective(tok):
@@ -129,7 +208,8 @@ def test_save_load_identity(tok, tmp_path):
         assert reloaded.max_len == 5 and reloaded.unknown_items == "error"
         assert reloaded.get_vocab() == tok.get_vocab()
         expected, got = tok(histories, return_tensors="pt"), reloaded(histories, return_tensors="pt")
-        for key in ("input_ids", "attention_mask", "item_indices"):
+        assert got.keys() == expected.keys()
+        for key in expected:
             assert torch.equal(got[key], expected[key])
 
 
@@ -176,6 +256,16 @@ def test_bad_unknown_items_policy_is_refused(tok, tmp_path):
 def test_decode_of_an_index_outside_the_table_is_refused(tok):
     with pytest.raises(IndexError, match=r"item index 20 is outside this tokenizer's table \[0, 20\)"):
         tok.decode_items([[3, NUM_ITEMS]])
+
+
+def test_int_item_id_is_refused_saying_ids_are_strings(tok):
+    with pytest.raises(TypeError, match=r"item ids are strings \(the dataset's own ids, e.g. ASINs\), got int 3: "
+                                        r"pass '3'"):
+        tok([[tok.item_ids[0], 3]])
+    with pytest.raises(TypeError, match=r"item ids are strings .*got int 7"):
+        tok.encode_items([7], unknown_items="skip")  # skipping unknown ids does not hide the wrong type
+    with pytest.raises(TypeError, match=r"item ids are strings .*got float 1.5$"):
+        tok.render(1.5)
 
 
 # Bad input to __call__.
@@ -251,5 +341,21 @@ def test_table_missing_a_key_or_not_json_is_refused(tmp_path):
 
 
 def test_missing_table_file_is_refused(tmp_path):
-    with pytest.raises(ValueError, match=r"needs its table file semantic_ids.json"):
+    with pytest.raises(ValueError, match=r"SemanticIdTokenizer needs its item table semantic_ids.json, and "
+                                         r"'.*absent.json' has none"):
         SemanticIdTokenizer(vocab_file=str(tmp_path / "absent.json"))
+
+
+@pytest.mark.parametrize("load", ["auto", "class"])
+def test_folder_without_semantic_ids_json_is_refused_naming_the_folder(tmp_path, load):
+    SemanticIdTokenizer.from_codes(tiny_item_ids(4), [[0, 0, 0], [0, 0, 1], [1, 2, 0], [7, 7, 7]],
+                                   CODEBOOK_SIZE).save_pretrained(tmp_path)
+    (tmp_path / "semantic_ids.json").unlink()  # tokenizer_config.json and the code are still there
+    with pytest.raises(ValueError) as error:
+        if load == "auto":
+            AutoTokenizer.from_pretrained(tmp_path, trust_remote_code=True)
+        else:
+            SemanticIdTokenizer.from_pretrained(tmp_path)
+    message = str(error.value)
+    assert f"SemanticIdTokenizer needs its item table semantic_ids.json, and '{tmp_path}' has none" in message
+    assert "made by save_pretrained" in message and "None" not in message

@@ -1,5 +1,6 @@
 """Stage 3 training scripts on a tiny generated dataset: pretrain -> finetune -> evaluate, resume, bad input."""
 
+import dataclasses
 import json
 import os
 import random
@@ -17,10 +18,12 @@ from tokenization_semantic_id import SemanticIdTokenizer
 from training import evaluate, export, finetune, pretrain
 from training.config import as_flags, parse_args
 from training.loop import LoopArgs, make_accelerator, train
-from training.masking import HistoryCollator, MultiMaskCollator
-from training.pipeline import OTHER_SECTIONS
-from training.quantize import codebook_sum
-from training.sequences import check_sequences, encode_split, eval_loader, load_sequences
+from training.masking import DEFAULT_MASKING, HistoryCollator, MultiMaskCollator, check_masking
+from training.pipeline import SECTION_TYPES, check_config
+from training.quantizers import codebook_sum
+from training.prepared import check_sequences, load_sequences
+from training.evaluate import eval_loader
+from training.sequences import encode_split
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +53,7 @@ def write_tiny_dataset(root, num_users=120, seed=0):
     return root / "data", root / "sid"
 
 
-TINY_MODEL = ["--hidden_size", "16", "--num_attention_heads", "2", "--intermediate_size", "32", "--max_len", "8"]
+TINY_MODEL = ["--hidden_size", "16", "--num_attention_heads", "2", "--intermediate_size", "32", "--max_position_embeddings", "8"]
 TINY_LOOP = ["--batch_size", "32", "--report_to", "none", "--learning_rate", "0.005"]
 
 
@@ -110,7 +113,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny, tmp_path):
     (model_args, args, loop_args) = parse_args(
         ["--dataset_dir", str(data), "--semantic_ids_dir", str(sid), "--output_dir", str(tmp_path), "--num_epochs", "3",
          *TINY_MODEL, *TINY_LOOP],
-        pretrain.ModelArgs, pretrain.PretrainArgs, LoopArgs,
+        *pretrain.ARGUMENT_TYPES,
     )
     model = pretrain.build_model(model_args, tokenizer)
     calls = {"n": 0}
@@ -126,9 +129,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny, tmp_path):
     model.forward = forward_nan_in_second_epoch
     accelerator = make_accelerator(loop_args, "nan-test")
     train_set = encode_split(load_sequences(data)["train"], tokenizer).select_columns(["item_indices"])
-    collator = MultiMaskCollator(item_codes=tokenizer.item_codes, codebook_size=8, max_len=8)
+    collator = MultiMaskCollator(num_items=tokenizer.num_items, max_len=8)
     validation = encode_split(load_sequences(data)["validation"], tokenizer)
-    loader = eval_loader(validation, HistoryCollator(item_codes=tokenizer.item_codes, codebook_size=8, max_len=8), loop_args)
+    loader = eval_loader(validation, HistoryCollator(num_items=tokenizer.num_items, max_len=8), loop_args)
     with pytest.raises(FloatingPointError, match=r"loss became nan at epoch 1.*last good checkpoint is .*epoch_0"):
         train(model, tokenizer, train_set, collator, loader, loop_args, accelerator)
     assert (tmp_path / "checkpoints" / "epoch_0").is_dir()
@@ -148,8 +151,9 @@ def test_settings_become_flags_that_override_the_config(tmp_path):
     config.write_text("pretrain:\n  num_epochs: 3\n  use_item_embedding: true\n")
     flags = as_flags({"num_epochs": 40, "use_item_embedding": False})
     assert flags == ["--num_epochs", "40", "--use_item_embedding", "false"]
-    model_args, _, loop_args = parse_args(["--config", str(config), *flags], pretrain.ModelArgs, pretrain.PretrainArgs,
-                                          LoopArgs, section="pretrain")
+    required = ["--dataset_dir", "data", "--semantic_ids_dir", "sid"]
+    model_args, _, loop_args = parse_args(["--config", str(config), *required, *flags], *pretrain.ARGUMENT_TYPES,
+                                          section="pretrain")
     assert (loop_args.num_epochs, model_args.use_item_embedding) == (40, False)
     assert as_flags(None) == []
 
@@ -169,8 +173,11 @@ def test_tokenizer_from_another_run_is_refused(tiny, tmp_path):
     model = AutoModel.from_pretrained(root / "ft" / "final", trust_remote_code=True)
     with pytest.raises(ValueError, match="different item tables"):
         model.check_tokenizer(other)
-    with pytest.raises(ValueError, match="do not match this model's item table"):
-        model.score_items(**other([["I001", "I002"]], return_tensors="pt"))
+    extra = ["I997", "I998", "I999"]  # indices 40, 41, 42: this model's padding, [MASK], and out of its range
+    bigger = SemanticIdTokenizer.from_codes([*items, *extra], [[i // 8, i % 8, 1] for i in range(NUM_ITEMS + 3)],
+                                            codebook_size=8)
+    with pytest.raises(ValueError, match="the tokenizer was built for a different item table"):
+        model.score_items(**bigger([["I999"]], return_tensors="pt"))
 
 
 def test_empty_dataset_is_refused(tiny, tmp_path):
@@ -187,9 +194,10 @@ def test_empty_dataset_is_refused(tiny, tmp_path):
         load_sequences(tmp_path / "nowhere")
 
 
-def test_finetune_requires_paths():
-    with pytest.raises(ValueError, match="--pretrained_dir and --dataset_dir are required"):
+def test_finetune_requires_paths(capsys):
+    with pytest.raises(SystemExit, match="2"):
         finetune.main(["--report_to", "none"])
+    assert "--pretrained_dir" in capsys.readouterr().err
 
 
 def test_export_writes_a_card_whose_usage_block_runs(tiny, capsys):
@@ -209,7 +217,7 @@ def test_export_writes_a_card_whose_usage_block_runs(tiny, capsys):
 def test_export_refuses_a_folder_that_is_no_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a checkpoint folder"):
         export.main(["--model_dir", str(tmp_path)])
-    with pytest.raises(ValueError, match="--model_dir is required"):
+    with pytest.raises(SystemExit, match="2"):  # argparse: "the following arguments are required: --model_dir"
         export.main([])
 
 
@@ -217,16 +225,16 @@ def test_export_refuses_a_folder_that_is_no_checkpoint(tmp_path):
 def test_code_embeddings_start_from_the_codebooks(tiny, dim):
     _, _, sid, _ = tiny
     tokenizer = SemanticIdTokenizer.from_pretrained(sid)
-    model = pretrain.build_model(pretrain.ModelArgs(hidden_size=16, intermediate_size=32, max_len=8), tokenizer)
+    model = pretrain.build_model(pretrain.ModelSettings(hidden_size=16, intermediate_size=32, max_position_embeddings=8),
+                                 tokenizer)
     table = model.qbert4rec.embeddings.code_embeddings.weight
     before = table.detach().clone()
     codebooks = torch.randn(2, 8, dim, generator=torch.Generator().manual_seed(0))  # 2 levels: not disambiguation
     pretrain.init_code_embeddings(model, codebooks, std=0.05, seed=0)
     codes = tokenizer.item_codes[:, :2]
-    rows = codes + model._level_offsets()[:2]
+    rows = model.code_tokens(torch.arange(NUM_ITEMS))[:, :2]  # (N, 2) token ids of the items' first two codes
     copied = torch.zeros(len(table), dtype=torch.bool)
-    for offset in model._level_offsets()[:2].tolist():  # every code of the two levels, used by an item or not
-        copied[offset : offset + 8] = True
+    copied[4 : 4 + 2 * 8] = True  # every code of the two levels (after the 4 special tokens), used by an item or not
     assert torch.equal(table[~copied], before[~copied])  # specials and the disambiguation level untouched
     assert table[copied].std().item() == pytest.approx(0.05, rel=0.2)
     summed, quantised = table[rows].sum(1).detach(), codebook_sum(codebooks, codes)
@@ -247,28 +255,6 @@ def test_code_embedding_init_needs_the_quantizer(tiny, tmp_path):
         pretrain.main([*common, "--code_embedding_init", "codebooks"])
     with pytest.raises(ValueError, match="must be random or codebooks"):
         pretrain.main([*common, "--code_embedding_init", "pca"])
-
-
-def test_cross_domain_pretraining_on_two_datasets(tiny, tmp_path):
-    root, data, sid, _ = tiny
-    other_root = tmp_path / "other"
-    other_data, other_sid = write_tiny_dataset(other_root, num_users=60, seed=1)
-    common = ["--dataset_dir", str(data), "--semantic_ids_dir", str(sid), "--extra_dataset_dirs", str(other_data),
-              "--extra_semantic_ids_dirs", str(other_sid), "--num_epochs", "1", *TINY_MODEL, *TINY_LOOP]
-    with pytest.raises(ValueError, match="cross-domain pretraining needs loss_type=codes"):
-        pretrain.main([*common, "--output_dir", str(tmp_path / "bad")])
-    with pytest.raises(ValueError, match="code_embedding_init must be random"):
-        pretrain.main([*common, "--output_dir", str(tmp_path / "bad"), "--loss_type", "codes", "--code_embedding_init",
-                       "codebooks"])
-    pretrain.main([*common, "--output_dir", str(tmp_path / "pre"), "--loss_type", "codes"])
-    metrics = finetune.main(["--pretrained_dir", str(tmp_path / "pre" / "final"), "--dataset_dir", str(data),
-                             "--output_dir", str(tmp_path / "ft"), "--num_epochs", "1", "--loss_type", "codes+items",
-                             *TINY_LOOP])
-    assert json.loads((tmp_path / "ft" / "final" / "config.json").read_text())["loss_type"] == "codes+items"
-    assert metrics["num_users"] == 120
-    with pytest.raises(ValueError, match="--loss_type must be codes, items or codes\\+items"):
-        finetune.main(["--pretrained_dir", str(tmp_path / "pre" / "final"), "--dataset_dir", str(data),
-                       "--output_dir", str(tmp_path / "ft2"), "--loss_type", "item", *TINY_LOOP])
 
 
 def test_a_checkpoint_cut_off_while_saving_is_ignored(tmp_path):
@@ -344,7 +330,7 @@ def test_min_epochs_holds_off_early_stopping(tiny, tmp_path):
 
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads VmRSS from /proc (Linux)")
 def test_release_freed_memory_returns_fragmented_heap_to_the_os():
-    from training.loop import _libc, release_freed_memory
+    from training.memory import _libc, release_freed_memory
 
     if _libc() is None:
         pytest.skip("no glibc malloc_trim on this system")
@@ -367,7 +353,7 @@ def test_release_freed_memory_returns_fragmented_heap_to_the_os():
 HEAP_GROWTH_SCRIPT = """
 import sys
 from pathlib import Path
-from training.loop import cap_mmap_threshold
+from training.memory import cap_mmap_threshold
 
 def rss_mib():
     line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS:"))
@@ -388,7 +374,7 @@ print(capped, rss_mib() - before)
 
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads VmRSS from /proc (Linux)")
 def test_cap_mmap_threshold_returns_freed_activations_to_the_os():
-    from training.loop import _libc, cap_mmap_threshold
+    from training.memory import _libc, cap_mmap_threshold
 
     if _libc() is None:
         pytest.skip("no glibc on this system")
@@ -420,19 +406,17 @@ def test_finetune_dropout_overrides_the_pretrained_models(tiny, tmp_path):
 
 @pytest.mark.parametrize("config", sorted((REPO_ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_parse_in_every_stage(config):
-    from training.config import load_yaml
-    from training.extract_features import FeatureArgs
-    from training.inject import InjectArgs
-    from training.prepare_data import DataArgs
-    from training.quantize import QuantizeArgs
+    from training.config import load_yaml, section_values
 
-    sections = {"data": (DataArgs,), "features": (FeatureArgs,), "inject": (InjectArgs,), "quantize": (QuantizeArgs,),
-                "pretrain": (pretrain.ModelArgs, pretrain.PretrainArgs, LoopArgs),
-                "finetune": (finetune.FinetuneArgs, LoopArgs)}
-    assert set(load_yaml(config)) <= {"pipeline", *sections, *OTHER_SECTIONS}
-    own = load_yaml(config).get("id_baselines") or {}  # the ID baselines' keys, given as flags by benchmarks/accuracy.py
-    for section, dataclass_types in sections.items():
-        parse_args(["--config", str(config), *as_flags(own.get(section))], *dataclass_types, section=section)  # unknown keys raise
+    settings = load_yaml(config)
+    check_config(settings, str(config))  # unknown sections, and the id_baselines keys
+    for section, dataclass_types in SECTION_TYPES.items():
+        section_values(settings, section, dataclass_types)  # unknown keys raise
+    if "pretrain" in settings:  # the model settings make a valid QBert4RecConfig, the masking mix a valid mix
+        values = section_values(settings, "pretrain", pretrain.ARGUMENT_TYPES)
+        model = {k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(pretrain.ModelSettings)}}
+        pretrain.build_model(pretrain.ModelSettings(**model), SemanticIdTokenizer.from_codes(["a"], [[0]], codebook_size=4))
+        check_masking(values.get("masking", DEFAULT_MASKING))
 
 
 def beauty_with_the_long_schedule() -> dict:

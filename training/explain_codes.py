@@ -29,8 +29,8 @@ from training.config import parse_args
 class ExplainArgs:
     """Arguments of `training/explain_codes.py` (YAML section `explain_codes`)."""
 
-    tokenizer_dir: str = field(default="", metadata={"help": "SemanticIdTokenizer folder written by quantize.py"})
-    dataset_dir: str = field(default="", metadata={"help": "prepared dataset folder (holds items/)"})
+    tokenizer_dir: str = field(default=None, metadata={"help": "SemanticIdTokenizer folder written by quantize.py", "required": True})
+    dataset_dir: str = field(default=None, metadata={"help": "prepared dataset folder (holds items/)", "required": True})
     prefix: str = field(default="", metadata={"help": "code prefix to list, e.g. '12' or '12,200' (empty: none)"})
     max_items: int = field(default=20, metadata={"help": "items listed under the prefix (all are counted)"})
     num_random: int = field(default=5, metadata={"help": "random permutations averaged for the random purity"})
@@ -38,15 +38,16 @@ class ExplainArgs:
     json: bool = field(default=False, metadata={"help": "print one JSON object instead of text"})
 
 
+SECTION = "explain_codes"  # its YAML section
+ARGUMENT_TYPES = (ExplainArgs,)
+
+
 # Data.
 def load_items(dataset_dir: str | Path) -> dict[str, dict]:
     """The prepared items dataset (docs/interfaces.md §1) as `item_id -> {title, categories}`."""
-    from datasets import load_from_disk
+    from training.prepared import load_items as load_items_dataset
 
-    items_dir = Path(dataset_dir) / "items"
-    if not items_dir.is_dir():
-        raise FileNotFoundError(f"no items dataset at {items_dir} (run training/prepare_data.py first)")
-    items = load_from_disk(str(items_dir))
+    items = load_items_dataset(dataset_dir)
     titles = items["title"] if "title" in items.column_names else [""] * len(items)
     categories = items["categories"] if "categories" in items.column_names else [[]] * len(items)
     return {
@@ -211,10 +212,7 @@ def format_report(report: dict) -> str:
 def main(argv=None) -> dict:
     from tokenization_semantic_id import SemanticIdTokenizer
 
-    args = parse_args(argv, ExplainArgs, section="explain_codes", description=__doc__)[0]
-    for name in ("tokenizer_dir", "dataset_dir"):
-        if not getattr(args, name):
-            raise ValueError(f"--{name} is required")
+    (args,) = parse_args(argv, *ARGUMENT_TYPES, section=SECTION, description=__doc__)
     if not (Path(args.tokenizer_dir) / "semantic_ids.json").is_file():
         raise FileNotFoundError(f"no semantic_ids.json in {args.tokenizer_dir} (run training/quantize.py first)")
     tokenizer = SemanticIdTokenizer.from_pretrained(args.tokenizer_dir)

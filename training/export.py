@@ -1,4 +1,4 @@
-"""Make a trained folder a publishable checkpoint: README from model_card.md, metrics, codebook statistics, Hub push.
+r"""Make a trained folder a publishable checkpoint: README from model_card.md, metrics, codebook statistics, Hub push.
 
     python training/export.py --model_dir outputs/beauty/final --dataset amazon-beauty-2014-5core \
         --metrics outputs/beauty/metrics.json --codebook_stats outputs/beauty/semantic_ids/codebook_stats.json
@@ -26,13 +26,19 @@ METRIC_COLUMNS = ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "nd
 
 @dataclass
 class ExportArgs:
-    model_dir: str = field(default=None, metadata={"help": "save_pretrained folder (model + tokenizer)"})
+    """Arguments of `training/export.py` (YAML section `export`)."""
+
+    model_dir: str = field(default=None, metadata={"help": "save_pretrained folder (model + tokenizer)", "required": True})
     dataset: str = field(default="amazon-beauty-2014-5core", metadata={"help": "training data name for the card"})
     metrics: str = field(default=None, metadata={"help": "metrics.json of the test split (default: none)"})
     codebook_stats: str = field(default=None, metadata={"help": "codebook_stats.json from quantize.py"})
     repo_id: str = field(default=None, metadata={"help": "Hub repo id used in the card (and for --push_to_hub)"})
     push_to_hub: bool = field(default=False, metadata={"help": "upload the folder to the Hub repo"})
     private: bool = field(default=False, metadata={"help": "create the Hub repo as private"})
+
+
+SECTION = "export"  # its YAML section
+ARGUMENT_TYPES = (ExportArgs,)
 
 
 CHECKPOINT_RESULTS = "<!-- CHECKPOINT RESULTS: training/export.py writes this checkpoint's own test metrics here -->"
@@ -88,9 +94,7 @@ def export(args: ExportArgs) -> Path:
 
 
 def main(argv=None):
-    (args,) = parse_args(argv, ExportArgs, section="export", description=__doc__)
-    if not args.model_dir:
-        raise ValueError("--model_dir is required")
+    (args,) = parse_args(argv, *ARGUMENT_TYPES, section=SECTION, description=__doc__)
     path = export(args)
     print(f"wrote {path}")
     return path

@@ -58,6 +58,7 @@ from training.image_encoder import (
     load_efficientnet_lite0,
     preprocess_images,
 )
+from training.prepared import load_items, load_sequences, load_summary
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,9 @@ CACHE_FORMAT_VERSION = 1
 
 @dataclass
 class FeatureArgs:
-    dataset_dir: str = field(default="", metadata={"help": "Prepared dataset folder (with items/ and sequences/)."})
+    """Arguments of `training/extract_features.py` (YAML section `features`)."""
+
+    dataset_dir: str = field(default="", metadata={"help": "Prepared dataset folder (with items/ and sequences/).", "required": True})
     output_dir: str = field(default="", metadata={"help": "Where <modality>.safetensors go (default DATASET_DIR/features)."})
     modalities: str = field(
         default="text,image,structure",
@@ -123,33 +126,11 @@ class FeatureArgs:
     seed: int = field(default=0, metadata={"help": "Seed of the randomised truncated SVD."})
 
 
+SECTION = "features"  # its YAML section
+ARGUMENT_TYPES = (FeatureArgs,)
+
+
 # ----------------------------------------------------------------------------------------------- dataset input
-
-
-def load_items(dataset_dir: str | Path):
-    """The items `Dataset` of a prepared dataset (`DATA/items`)."""
-    import datasets
-
-    path = Path(dataset_dir) / "items"
-    if not path.is_dir():
-        raise FileNotFoundError(f"no items dataset at {path} (run training/prepare_data.py first)")
-    items = datasets.load_from_disk(str(path))
-    if "item_id" not in items.column_names:
-        raise ValueError(f"{path}: items dataset has no 'item_id' column (columns: {items.column_names})")
-    return items
-
-
-def load_train_sequences(dataset_dir: str | Path) -> list[list[str]]:
-    """The item-id lists of the TRAIN split only (`DATA/sequences/train`)."""
-    import datasets
-
-    path = Path(dataset_dir) / "sequences"
-    if not path.is_dir():
-        raise FileNotFoundError(f"no sequences dataset at {path} (needed for structure features)")
-    sequences = datasets.load_from_disk(str(path))
-    if "train" not in sequences:
-        raise ValueError(f"{path}: no 'train' split (splits: {list(sequences)})")
-    return sequences["train"]["item_ids"]
 
 
 def parse_list(value: str, allowed: tuple[str, ...], what: str) -> list[str]:
@@ -745,8 +726,7 @@ def resolve_dataset_matrices(args: FeatureArgs, dataset_dir: Path) -> FeatureArg
     """Replace `--text_matrix dataset` / `--image_matrix dataset` by the path and dim in `summary.json`."""
     matrices = {}
     if "dataset" in (args.text_matrix, args.image_matrix):
-        summary_path = dataset_dir / "summary.json"
-        matrices = json.loads(summary_path.read_text()).get("feature_matrices", {}) if summary_path.is_file() else {}
+        matrices = load_summary(dataset_dir).get("feature_matrices", {})
     for modality in ("text", "image"):
         if getattr(args, f"{modality}_matrix") != "dataset":
             continue
@@ -818,7 +798,7 @@ def extract_features(args: FeatureArgs) -> dict:
             run("image", key, compute_images)
 
     if "structure" in modalities:
-        train_sequences = load_train_sequences(dataset_dir)
+        train_sequences = load_sequences(dataset_dir)["train"]["item_ids"]  # the train split only
         key = make_cache_key({
             "modality": "structure", "encoder": text_encoder.name, "weights": text_encoder.fingerprint,
             "max_length": args.max_length, "max_categories": args.max_categories, "window": args.cooccurrence_window,
@@ -840,7 +820,7 @@ def extract_features(args: FeatureArgs) -> dict:
 
 
 def main(argv=None) -> dict:
-    (args,) = parse_args(argv, FeatureArgs, section="features", description=__doc__.split("\n\n")[0])
+    (args,) = parse_args(argv, *ARGUMENT_TYPES, section=SECTION, description=__doc__)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     status = extract_features(args)
     for name, state in status.items():

@@ -46,7 +46,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from training.config import parse_args
 from training.loop import find_checkpoint, prune_checkpoints, save_checkpoint
-from training.data import load_prepared
+from training.prepared import load_item_ids, load_sequences
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +56,11 @@ VIEWS = ("id",) + MODALITIES
 
 @dataclass
 class InjectArgs:
-    dataset_dir: str = field(default="", metadata={"help": "prepared dataset folder (items/, sequences/)"})
+    """Arguments of `training/inject.py` (YAML section `inject`)."""
+
+    dataset_dir: str = field(default=None, metadata={"help": "prepared dataset folder (items/, sequences/)", "required": True})
     features_dir: str = field(default="", metadata={"help": "folder of <modality>.safetensors (default DATA/features)"})
-    output_dir: str = field(default="", metadata={"help": "where fused.safetensors, logs and checkpoints go"})
+    output_dir: str = field(default=None, metadata={"help": "where fused.safetensors, logs and checkpoints go", "required": True})
     use_text: bool = field(default=True, metadata={"help": "use the text modality when its file exists"})
     use_image: bool = field(default=True, metadata={"help": "use the image modality when its file exists"})
     use_structure: bool = field(default=True, metadata={"help": "use the structure modality when its file exists"})
@@ -107,6 +109,10 @@ class InjectArgs:
     )
 
 
+SECTION = "inject"  # its YAML section
+ARGUMENT_TYPES = (InjectArgs,)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Inputs: items, train sequences, modality features
 
@@ -116,8 +122,7 @@ def load_items_and_train_sequences(dataset_dir: str | Path) -> tuple[list[str], 
 
     Only the train split is used: validation and test targets never reach stage 1.
     """
-    sequences, items = load_prepared(dataset_dir)
-    return list(items["item_id"]), list(sequences["train"]["item_ids"])
+    return load_item_ids(dataset_dir), list(load_sequences(dataset_dir)["train"]["item_ids"])
 
 
 def adjacent_pairs(train_sequences: list[list[str]], item_ids: list[str]) -> torch.Tensor:
@@ -649,9 +654,7 @@ def save_inject_checkpoint(accelerator, output_dir: Path, log: list[dict], keep:
 
 def main(argv=None) -> dict:
     """Parse the command line / config and run stage 1 (torch's thread count is restored afterwards)."""
-    args = parse_args(argv, InjectArgs, section="inject", description=__doc__.split("\n\n")[0])[0]
-    if not args.dataset_dir or not args.output_dir:
-        raise ValueError("--dataset_dir and --output_dir are required")
+    (args,) = parse_args(argv, *ARGUMENT_TYPES, section=SECTION, description=__doc__)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     threads = torch.get_num_threads()
     if args.num_threads > 0:

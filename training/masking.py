@@ -1,6 +1,6 @@
 """Masking strategies for multi-mask pretraining, and the data collators that turn item sequences into model inputs.
 
-Q-Bert4Rec pretrains on a mix of masking strategies chosen per sequence (DESIGN.md §1, stage 3):
+Q-Bert4Rec pretrains on a mix of masking strategies chosen per sequence (docs/method.md §1, stage 3):
 random **cloze** (BERT4Rec), one contiguous **span**, the **tail** (the last items) and **multi-region** (several
 disjoint spans). Each strategy is a pure function of a bool `valid` `(B, T)` (or the sequence lengths) and a
 `torch.Generator`, returning a bool `masked` `(B, T)`. Every strategy guarantees:
@@ -13,22 +13,28 @@ disjoint spans). Each strategy is a pure function of a bool `valid` `(B, T)` (or
 
 Sequences are LEFT-padded (the newest item is the last position), as in docs/interfaces.md §5.
 
-The collators map item indices to semantic-ID token ids (`num_special_tokens + level * codebook_size + code`):
-- `MultiMaskCollator`: pretraining; `labels` hold the original token ids at masked positions, -100 elsewhere.
-- `NextItemCollator`: fine-tuning; history + one `[MASK]` position at the end whose label is the target's codes.
+Strategies are listed once, in the registry `MASKING_STRATEGIES`; a config's `masking:` mapping names the mix
+(`{cloze: {prob: 0.4, ratio: 0.5}, ...}`, checked by `check_masking`).
+
+The collators batch item indices (the catalogue's padding and `[MASK]` indices, `tokenization_semantic_id`):
+- `MultiMaskCollator`: pretraining; `labels` hold the original item index at masked positions, -100 elsewhere.
+- `NextItemCollator`: fine-tuning; history + one `[MASK]` position at the end whose label is the target.
 - `HistoryCollator`: evaluation; the history alone (the model appends `[MASK]` itself) and the `targets`.
+- `CausalCollator`: the SASRec baseline; every position predicts the next item.
 
 Randomness in `MultiMaskCollator` comes from a generator re-seeded for every batch from
 `(seed, process_index, epoch, batch_index)`, so a resumed run that restores `state_dict()` (or calls
 `set_epoch(epoch, batch_index)`) reproduces the masks of an uninterrupted run.
 """
 
+import inspect
 from dataclasses import dataclass, field
-from itertools import chain
 
 import numpy as np
 import torch
 from torch.utils.data import get_worker_info
+
+from tokenization_semantic_id import left_pad, mask_index, padding_index
 
 IGNORE_INDEX = -100
 
@@ -186,27 +192,52 @@ def multi_region_mask(
     return masked[:, :seq_len]
 
 
+# The registry: a strategy is a function `(valid, ratio, generator, **options) -> masked`; its keyword defaults are its
+# defaults in a config. Adding one = a function above, a line here, and its case in tests/test_masking.py.
 MASKING_STRATEGIES = {
     "cloze": cloze_mask,
     "span": span_mask,
     "tail": tail_mask,
     "multi_region": multi_region_mask,
 }
+# The mix when a config names none: the probability each sequence gets each strategy, with the strategies' defaults.
+DEFAULT_MASKING = {"cloze": {"prob": 0.4}, "span": {"prob": 0.2}, "tail": {"prob": 0.2}, "multi_region": {"prob": 0.2}}
 
 
-def check_strategy_probs(strategy_probs: dict, tolerance: float = 1e-6) -> dict:
-    """Validate a `{strategy name: probability}` mix: known names, probabilities >= 0 summing to 1."""
-    if not strategy_probs:
-        raise ValueError("strategy probabilities are empty: give at least one of " + ", ".join(MASKING_STRATEGIES))
-    for name, prob in strategy_probs.items():
-        if name not in MASKING_STRATEGIES:
-            raise ValueError(f"unknown masking strategy '{name}'; known: {', '.join(MASKING_STRATEGIES)}")
+def strategy_options(name: str) -> dict:
+    """The settings strategy `name` takes besides `prob`, with their defaults (its function's keyword arguments)."""
+    if name not in MASKING_STRATEGIES:
+        raise ValueError(f"unknown masking strategy '{name}'; known: {', '.join(MASKING_STRATEGIES)}")
+    parameters = inspect.signature(MASKING_STRATEGIES[name]).parameters.values()
+    return {p.name: p.default for p in parameters if p.name not in ("valid", "generator")}
+
+
+def check_masking(masking: dict, tolerance: float = 1e-6) -> dict:
+    """Validate a mix `{strategy: {"prob": p, **options}}` (a config's `masking:` mapping): known strategies and
+    options, probabilities >= 0 summing to 1. Returns `{strategy: (prob, options with defaults filled in)}` for the
+    strategies with `prob > 0`, in the mapping's order."""
+    if not isinstance(masking, dict) or not masking:
+        raise ValueError(f"masking must map strategy names to settings, e.g. {DEFAULT_MASKING}; got {masking!r}")
+    mix = {}
+    for name, settings in masking.items():
+        allowed = strategy_options(name)
+        if not isinstance(settings, dict) or "prob" not in settings:
+            raise ValueError(f"masking strategy '{name}' needs a mapping with 'prob', got {settings!r}")
+        unknown = sorted(set(settings) - {"prob", *allowed})
+        if unknown:
+            raise ValueError(f"masking strategy '{name}' has no setting {', '.join(unknown)}; it takes prob, "
+                             f"{', '.join(allowed)}")
+        prob = settings["prob"]
         if not prob >= 0:
             raise ValueError(f"probability of masking strategy '{name}' must be >= 0, got {prob}")
-    total = sum(strategy_probs.values())
+        options = {**allowed, **{k: v for k, v in settings.items() if k != "prob"}}
+        if "ratio" in options:
+            _check_ratio(options["ratio"])
+        mix[name] = (float(prob), options)
+    total = sum(prob for prob, _ in mix.values())
     if abs(total - 1.0) > tolerance:
-        raise ValueError(f"masking strategy probabilities must sum to 1, got {total:.6g} ({strategy_probs})")
-    return strategy_probs
+        raise ValueError(f"masking strategy probabilities must sum to 1, got {total:.6g} ({masking})")
+    return {name: entry for name, entry in mix.items() if entry[0] > 0}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -215,59 +246,24 @@ def check_strategy_probs(strategy_probs: dict, tolerance: float = 1e-6) -> dict:
 
 
 @dataclass(eq=False)
-class SemanticIdBatcher:
-    """Shared part of the collators: item indices -> left-padded `input_ids`, `attention_mask`, `item_indices`.
+class ItemBatcher:
+    """Shared part of the collators: lists of item indices -> left-padded `item_indices` and `attention_mask`.
 
     Args:
-        item_codes: long `(num_items, num_codebooks)`, each item's code per level (row = item index).
-        codebook_size: codes per level.
-        num_special_tokens: token ids below this are special (pad, mask, ...).
-        pad_token_id: token id at every level of a padding position.
-        mask_token_id: token id at every level of a masked position.
+        num_items: items in the catalogue (`tokenizer.num_items`); padding and `[MASK]` positions get the
+            catalogue's `padding_index` and `mask_index`.
         max_len: positions per sequence the model sees (the newest items are kept).
     """
 
-    item_codes: torch.Tensor
-    codebook_size: int
-    num_special_tokens: int = 4
-    pad_token_id: int = 0
-    mask_token_id: int = 1
+    num_items: int
     max_len: int = 50
 
     def __post_init__(self):
-        codes = torch.as_tensor(self.item_codes)
-        if codes.dim() != 2 or codes.is_floating_point() or codes.shape[0] == 0:
-            raise ValueError(f"item_codes must be an integer (num_items, num_codebooks) table, got {codes.dtype} "
-                             f"{tuple(codes.shape)}")
-        codes = codes.long()
-        out_of_range = (codes < 0) | (codes >= self.codebook_size)
-        if out_of_range.any():
-            item, level = (int(i) for i in out_of_range.nonzero()[0])
-            raise ValueError(f"item_codes[{item}, {level}] = {codes[item, level].item()} is outside "
-                             f"[0, codebook_size={self.codebook_size})")
-        for name in ("pad_token_id", "mask_token_id"):
-            if not 0 <= getattr(self, name) < self.num_special_tokens:
-                raise ValueError(f"{name}={getattr(self, name)} must be a special token id in "
-                                 f"[0, num_special_tokens={self.num_special_tokens})")
-        if self.pad_token_id == self.mask_token_id:
-            raise ValueError(f"pad_token_id and mask_token_id must differ, both are {self.pad_token_id}")
+        if self.num_items < 1:
+            raise ValueError(f"num_items must be >= 1, got {self.num_items}")
         if self.max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {self.max_len}")
-        self.item_codes = codes
-        self.num_items, self.num_codebooks = codes.shape
-        # token table (num_items + 2, L): rows num_items (padding) and num_items + 1 (masked) hold the special tokens
-        levels = torch.arange(self.num_codebooks)[None, :]
-        item_tokens = self.num_special_tokens + levels * self.codebook_size + codes
-        specials = torch.tensor([[self.pad_token_id], [self.mask_token_id]]).expand(2, self.num_codebooks)
-        self.token_table = torch.cat([item_tokens, specials], dim=0)
-
-    @property
-    def padding_index(self) -> int:
-        return self.num_items
-
-    @property
-    def masked_index(self) -> int:
-        return self.num_items + 1
+        self.padding_index, self.masked_index = padding_index(self.num_items), mask_index(self.num_items)
 
     def _item_lists(self, examples: list[dict]) -> list[list[int]]:
         if len(examples) == 0:
@@ -279,34 +275,14 @@ class SemanticIdBatcher:
             sequences.append(list(example["item_indices"]))
         return sequences
 
-    def _left_pad(
-        self, sequences: list[list[int]], keep: int, extra_slots: int = 0
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keep the newest `keep` items of each sequence and left-pad them, leaving `extra_slots` free columns at
-        the end. Returns item indices `(B, T + extra_slots)` (padding = num_items) and bool `valid` for the items."""
-        kept = [seq[max(len(seq) - keep, 0):] if keep > 0 else [] for seq in sequences]
-        lengths = np.fromiter((len(seq) for seq in kept), dtype=np.int64, count=len(kept))  # (B,)
-        width, total = int(lengths.max()), int(lengths.sum())
-        flat = np.asarray(list(chain.from_iterable(kept)))  # (total,) all kept items, row after row
-        if total and flat.dtype.kind not in "iu":
-            bad = next(b for b, seq in enumerate(kept) if len(seq) and np.asarray(seq).dtype.kind not in "iu")
-            raise ValueError(f"example {bad}: item_indices must be a list of ints, got {kept[bad][:5]}")
-        out_of_range = np.flatnonzero((flat < 0) | (flat >= self.num_items)) if total else []
-        if len(out_of_range):
-            first = int(out_of_range[0])
-            row = int(np.searchsorted(np.cumsum(lengths), first, side="right"))
-            raise ValueError(f"example {row}: item index {flat[first]} is out of range [0, num_items={self.num_items})")
-        # right-align each row: item j of the flat list, in row r, goes to flat position (r + 1) * T - (end_r - j)
-        # where end_r is the flat offset where row r ends (done in numpy: many tiny torch ops are slow on CPU)
-        rows = np.repeat(np.arange(len(kept)), lengths)
-        positions = (rows + 1) * width - np.cumsum(lengths)[rows] + np.arange(total)
-        padded = np.full(len(kept) * width, self.padding_index, dtype=np.int64)
-        padded[positions] = flat
-        indices = torch.from_numpy(padded.reshape(len(kept), width))
-        valid = valid_from_lengths(torch.from_numpy(lengths), width)
-        if extra_slots:
-            indices = torch.nn.functional.pad(indices, (0, extra_slots), value=self.padding_index)
-            valid = torch.nn.functional.pad(valid, (0, extra_slots))
+    def _left_pad(self, sequences: list[list[int]], keep: int, extra_slots: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """`left_pad` (the catalogue's) with a range check: item indices `(B, T + extra_slots)` and bool `valid`."""
+        indices, valid = left_pad(sequences, keep, self.padding_index, extra_slots)
+        out_of_range = valid & ((indices < 0) | (indices >= self.num_items))
+        if out_of_range.any():
+            row, column = (int(i) for i in out_of_range.nonzero()[0])
+            raise ValueError(f"example {row}: item index {indices[row, column].item()} is out of range "
+                             f"[0, num_items={self.num_items})")
         return indices, valid
 
     def _targets(self, examples: list[dict]) -> torch.Tensor:
@@ -325,46 +301,29 @@ class SemanticIdBatcher:
 
 
 @dataclass(eq=False)
-class MultiMaskCollator(SemanticIdBatcher):
+class MultiMaskCollator(ItemBatcher):
     """Pretraining collator: mixes masking strategies per sequence.
 
     Each example is a dict with `item_indices` (list[int], oldest first); other keys are ignored. The newest
-    `max_len` items are kept and left-padded. Returns `input_ids` `(B, T, L)`, `attention_mask` `(B, T)`,
-    `item_indices` `(B, T)` (masked = num_items + 1) and `labels` `(B, T, L)` (original token ids where masked,
-    -100 elsewhere), with T the longest kept sequence in the batch.
+    `max_len` items are kept and left-padded. Returns `item_indices` `(B, T)` (masked = `mask_index`),
+    `attention_mask` `(B, T)` and `labels` `(B, T)` (the original item index where masked, -100 elsewhere), with T
+    the longest kept sequence in the batch.
 
-    Args (besides `SemanticIdBatcher`'s):
-        strategy_probs: `{strategy: probability}` over `MASKING_STRATEGIES`, summing to 1.
-        strategy_ratios: `{strategy: fraction of items masked}`; missing strategies use `DEFAULT_RATIOS`.
-        tail_k: when set, the tail strategy masks exactly the last `tail_k` items instead of a ratio.
-        num_regions: most runs of the multi-region strategy.
+    Args (besides `ItemBatcher`'s):
+        masking: `{strategy: {"prob": p, **options}}` over `MASKING_STRATEGIES`, probabilities summing to 1
+            (`check_masking`); options a strategy is not given take its function's defaults.
         seed: base seed; the batch generator is seeded from (seed, process_index, epoch, batch_index).
         process_index: the data-parallel rank (`accelerator.process_index`), so ranks draw different masks.
     """
 
-    DEFAULT_RATIOS = {"cloze": 0.2, "span": 0.2, "tail": 0.2, "multi_region": 0.3}
-
-    strategy_probs: dict = field(default_factory=lambda: {"cloze": 0.4, "span": 0.2, "tail": 0.2, "multi_region": 0.2})
-    strategy_ratios: dict = field(default_factory=dict)
-    tail_k: int | None = None
-    num_regions: int = 3
+    masking: dict = field(default_factory=lambda: dict(DEFAULT_MASKING))
     seed: int = 0
     process_index: int = 0
 
     def __post_init__(self):
         super().__post_init__()
-        check_strategy_probs(self.strategy_probs)
-        for name, ratio in self.strategy_ratios.items():
-            if name not in MASKING_STRATEGIES:
-                raise ValueError(f"unknown masking strategy '{name}' in strategy_ratios; known: "
-                                 f"{', '.join(MASKING_STRATEGIES)}")
-            _check_ratio(ratio)
-        if self.tail_k is not None and self.tail_k < 1:
-            raise ValueError(f"tail_k must be >= 1, got {self.tail_k}")
-        if self.num_regions < 1:
-            raise ValueError(f"num_regions must be >= 1, got {self.num_regions}")
-        self.strategy_names = [name for name, prob in self.strategy_probs.items() if prob > 0]
-        self.strategy_weights = torch.tensor([float(self.strategy_probs[name]) for name in self.strategy_names])
+        self.mix = check_masking(self.masking)  # {name: (prob, options)}, prob > 0
+        self.strategy_weights = torch.tensor([prob for prob, _ in self.mix.values()])
         self.epoch = 0
         self.batch_index = 0  # next batch of this epoch (main process)
         self._worker_calls = 0  # batches made by this copy inside a DataLoader worker
@@ -406,16 +365,10 @@ class MultiMaskCollator(SemanticIdBatcher):
         """Pick a strategy per sequence and apply it. `valid` bool `(B, T)` -> masked bool `(B, T)`."""
         choice = torch.multinomial(self.strategy_weights, valid.shape[0], replacement=True, generator=generator)
         masked = torch.zeros_like(valid)
-        for s, name in enumerate(self.strategy_names):
+        for s, (name, (_, options)) in enumerate(self.mix.items()):
             rows = (choice == s).nonzero().squeeze(1)
-            if len(rows) == 0:
-                continue
-            kwargs = {"ratio": self.strategy_ratios.get(name, self.DEFAULT_RATIOS[name]), "generator": generator}
-            if name == "tail" and self.tail_k is not None:
-                kwargs["k"] = self.tail_k
-            if name == "multi_region":
-                kwargs["num_regions"] = self.num_regions
-            masked[rows] = MASKING_STRATEGIES[name](valid[rows], **kwargs)
+            if len(rows):
+                masked[rows] = MASKING_STRATEGIES[name](valid[rows], generator=generator, **options)
         return masked
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
@@ -425,25 +378,22 @@ class MultiMaskCollator(SemanticIdBatcher):
                 raise ValueError(f"example {b} has no items: pretraining needs at least one item per sequence")
         item_indices, valid = self._left_pad(sequences, keep=self.max_len)
         masked = self.mask(valid, self._next_generator())
-        original_ids = self.token_table[item_indices]  # (B, T, L)
-        masked_indices = item_indices.masked_fill(masked, self.masked_index)
         return {
-            "input_ids": self.token_table[masked_indices],  # (B, T, L)
+            "item_indices": item_indices.masked_fill(masked, self.masked_index),  # (B, T)
             "attention_mask": valid.long(),  # (B, T)
-            "item_indices": masked_indices,  # (B, T)
-            "labels": original_ids.masked_fill(~masked[..., None], IGNORE_INDEX),  # (B, T, L)
+            "labels": item_indices.masked_fill(~masked, IGNORE_INDEX),  # (B, T)
         }
 
 
 @dataclass(eq=False)
-class NextItemCollator(SemanticIdBatcher):
+class NextItemCollator(ItemBatcher):
     """Fine-tuning collator (tail masking of the next item): history + one `[MASK]` position whose label is the
-    target's codes.
+    target.
 
     Each example is a dict with `item_indices` (history, oldest first, may be empty) and `target` (int item index).
     The newest `max_len - 1` history items are kept so that history + `[MASK]` fits `max_len` positions. Returns
-    `input_ids` `(B, T, L)`, `attention_mask` `(B, T)`, `item_indices` `(B, T)` and `labels` `(B, T, L)` (-100
-    everywhere except the last position), T = longest kept history + 1.
+    `item_indices` `(B, T)`, `attention_mask` `(B, T)` and `labels` `(B, T)` (-100 everywhere except the last
+    position), T = longest kept history + 1.
     """
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
@@ -452,24 +402,19 @@ class NextItemCollator(SemanticIdBatcher):
         item_indices, valid = self._left_pad(sequences, keep=self.max_len - 1, extra_slots=1)
         item_indices[:, -1] = self.masked_index
         valid[:, -1] = True
-        labels = torch.full((*item_indices.shape, self.num_codebooks), IGNORE_INDEX, dtype=torch.long)
-        labels[:, -1] = self.token_table[targets]
-        return {
-            "input_ids": self.token_table[item_indices],
-            "attention_mask": valid.long(),
-            "item_indices": item_indices,
-            "labels": labels,
-        }
+        labels = torch.full(item_indices.shape, IGNORE_INDEX, dtype=torch.long)
+        labels[:, -1] = targets
+        return {"item_indices": item_indices, "attention_mask": valid.long(), "labels": labels}
 
 
 @dataclass(eq=False)
-class HistoryCollator(SemanticIdBatcher):
+class HistoryCollator(ItemBatcher):
     """Evaluation collator: the history alone, unmasked (the model appends `[MASK]` itself), and the targets.
 
     Each example is a dict with `item_indices` (history, oldest first, may be empty) and `target` (int item index).
     The newest `max_len - 1` history items are kept (history + the model's `[MASK]` fit `max_len` positions).
-    Returns `input_ids` `(B, T, L)`, `attention_mask` `(B, T)`, `item_indices` `(B, T)` and `targets` `(B,)`;
-    T >= 1 (an all-padding row when every history in the batch is empty).
+    Returns `item_indices` `(B, T)`, `attention_mask` `(B, T)` and `targets` `(B,)`; T >= 1 (an all-padding row
+    when every history in the batch is empty).
     """
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
@@ -478,22 +423,17 @@ class HistoryCollator(SemanticIdBatcher):
         item_indices, valid = self._left_pad(sequences, keep=self.max_len - 1)
         if item_indices.shape[1] == 0:
             item_indices, valid = self._left_pad(sequences, keep=0, extra_slots=1)
-        return {
-            "input_ids": self.token_table[item_indices],
-            "attention_mask": valid.long(),
-            "item_indices": item_indices,
-            "targets": targets,
-        }
+        return {"item_indices": item_indices, "attention_mask": valid.long(), "targets": targets}
 
 
-@dataclass
-class CausalCollator(SemanticIdBatcher):
+@dataclass(eq=False)
+class CausalCollator(ItemBatcher):
     """Causal (SASRec-style) training collator: every position predicts the item after it.
 
     Each example is a dict with `item_indices` (list[int], oldest first, at least 2 items). The newest `max_len + 1`
-    items are kept; the input is all but the last, and `labels` at position t hold the token ids of item t + 1.
-    Returns `input_ids` `(B, T, L)`, `attention_mask` `(B, T)`, `item_indices` `(B, T)` and `labels` `(B, T, L)`
-    (-100 at padding). Use with `QBert4RecConfig(is_causal=True)`.
+    items are kept; the input is all but the last, and `labels` at position t hold item t + 1. Returns
+    `item_indices` `(B, T)`, `attention_mask` `(B, T)` and `labels` `(B, T)` (-100 at padding). Use with
+    `QBert4RecConfig(is_causal=True)`.
     """
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
@@ -503,10 +443,8 @@ class CausalCollator(SemanticIdBatcher):
                 raise ValueError(f"example {b} has {len(seq)} item(s): causal training needs at least 2 per sequence")
         item_indices, valid = self._left_pad(sequences, keep=self.max_len + 1)
         inputs, targets, target_valid = item_indices[:, :-1], item_indices[:, 1:], valid[:, 1:] & valid[:, :-1]
-        labels = self.token_table[targets].masked_fill(~target_valid[..., None], IGNORE_INDEX)  # (B, T, L)
         return {
-            "input_ids": self.token_table[inputs],
-            "attention_mask": valid[:, :-1].long(),
             "item_indices": inputs,
-            "labels": labels,
+            "attention_mask": valid[:, :-1].long(),
+            "labels": targets.masked_fill(~target_valid, IGNORE_INDEX),
         }

@@ -17,22 +17,23 @@ if __package__ in (None, ""):  # `python training/prepare_data.py` puts training
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.config import default_data_dir, parse_args  # noqa: E402
-from training.data import DEFAULT_INPUTS, read_source, save_prepared, take_users  # noqa: E402
+from training.prepared import save_prepared  # noqa: E402
+from training.readers import DEFAULT_INPUTS, READERS, read_source  # noqa: E402
+from training.readers.common import take_users  # noqa: E402
 
 
 @dataclass
 class DataArgs:
     """Arguments of `prepare_data.py` (YAML section `data`)."""
 
-    source: Literal["s3rec", "recbole", "lcrec", "amazon2014", "amazon2018", "amazon2023"] = field(
+    source: Literal[tuple(READERS)] = field(
         default="s3rec",
-        metadata={"help": "input format: s3rec (Beauty), recbole (Scientific), lcrec (Office), amazon2014, "
-                          "amazon2018 (raw review + metadata files), amazon2023 (JSONL files or a Hub dataset id)"},
+        metadata={"help": "input format: " + "; ".join(f"{name}: {r.description}" for name, r in READERS.items())},
     )
     input: str | None = field(
         default=None,
-        metadata={"help": "input folder or file (amazon2023: also a Hub dataset id); default for s3rec / recbole / "
-                          "lcrec: the shared benchmark folder (amazon-beauty / amazon-scientific-mm / amazon-office)"},
+        metadata={"help": "input folder or file (amazon2023: also a Hub dataset id); default: the shared benchmark "
+                          "folder " + ", ".join(f"{folder} for {source}" for source, folder in DEFAULT_INPUTS.items())},
     )
     name: str | None = field(
         default=None,
@@ -52,6 +53,11 @@ class DataArgs:
         default="drop",
         metadata={"help": "interactions with items absent from the item table: drop (counted in the summary) or error"},
     )
+    on_unnamed_attribute: Literal["drop", "error"] = field(
+        default="drop",
+        metadata={"help": "s3rec: attribute ids that attribute_names.json does not name: drop them from their items "
+                          "(counted in the summary) or error"},
+    )
     drop_duplicates: Literal["auto", "yes", "no"] = field(
         default="auto",
         metadata={"help": "drop repeated (user, item) interactions: auto = yes for raw reviews, no for the "
@@ -60,6 +66,10 @@ class DataArgs:
     max_users: int | None = field(
         default=None, metadata={"help": "keep only the first N users and the items they touch (smoke runs)"}
     )
+
+
+SECTION = "data"  # its YAML section
+ARGUMENT_TYPES = (DataArgs,)
 
 
 def resolve_input(args: DataArgs) -> str:
@@ -89,6 +99,9 @@ def format_summary(summary: dict) -> str:
         ("dropped users (k-core / short)", "{k_core:,} / {short:,}".format(**summary["dropped_users"])),
         ("dropped items (k-core)", f"{summary['dropped_items_k_core']:,}"),
     ]
+    if "unnamed_attributes" in summary:
+        unnamed = summary["unnamed_attributes"]
+        rows.append(("unnamed attributes dropped", f"{unnamed['ids']:,} id(s) on {unnamed['items']:,} item(s)"))
     matrices = summary.get("feature_matrices", {})
     rows += [(f"{modality} matrix", f"{m['path']} (dim {m['dim']})") for modality, m in matrices.items()]
     rows += [("note", note) for note in summary.get("notes", [])]
@@ -98,7 +111,7 @@ def format_summary(summary: dict) -> str:
 
 def main(argv=None) -> Path:
     """Read the source, write the prepared folder, print the summary; returns the output folder."""
-    (args,) = parse_args(argv, DataArgs, section="data", description=__doc__.split("\n")[0])
+    (args,) = parse_args(argv, *ARGUMENT_TYPES, section=SECTION, description=__doc__)
     prepared = read_source(
         args.source,
         resolve_input(args),
@@ -106,6 +119,7 @@ def main(argv=None) -> Path:
         metadata=args.metadata,
         k_core=args.k_core,
         on_missing_item=args.on_missing_item,
+        on_unnamed_attribute=args.on_unnamed_attribute,
         drop_duplicates={"auto": None, "yes": True, "no": False}[args.drop_duplicates],
     )
     if args.max_users:
