@@ -129,6 +129,14 @@ def seen_item_columns(item_indices, num_items):
     return columns.masked_fill(~distinct, 0), distinct.float()
 
 
+def history_exclusion(item_indices, num_items):
+    """Bool `(B, num_items)`: True for every item in each history `item_indices` `(B, T)` (padding and `[MASK]`
+    ignored), the candidates that `exclude_history` removes."""
+    exclude = torch.zeros(item_indices.shape[0], mask_index(num_items) + 1, dtype=torch.bool, device=item_indices.device)
+    exclude.scatter_(1, item_indices, True)
+    return exclude[:, :num_items]
+
+
 class QBert4RecEmbeddings(nn.Module):
     """Sum of code embeddings (+ item-ID embedding) + position embedding, then LayerNorm and dropout."""
 
@@ -624,9 +632,7 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
             raise ValueError(f"top_k must be in [1, num_items={self.config.num_items}], got {top_k}")
         scores = self.score_items(item_indices, attention_mask)
         if exclude_history:
-            seen = item_indices.clamp(max=self.config.num_items)  # padding and [MASK] -> the extra column
-            extra = torch.zeros_like(scores[:, :1])
-            scores = torch.cat([scores, extra], dim=1).scatter(1, seen, -math.inf)[:, :-1]
+            scores = scores.masked_fill(history_exclusion(item_indices, self.config.num_items), -math.inf)
             left = torch.isfinite(scores).sum(dim=1)  # (B,) candidates after the exclusion
             if (left < top_k).any():
                 row = int(left.argmin())

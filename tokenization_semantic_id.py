@@ -199,7 +199,7 @@ class SemanticIdTokenizer(PreTrainedTokenizer):
 
     @property
     def vocab_size(self) -> int:
-        return self.num_special_tokens + self.num_codebooks * self.codebook_size
+        return len(self._vocab)
 
     def get_vocab(self) -> dict:
         return dict(self._vocab)

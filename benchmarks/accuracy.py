@@ -89,7 +89,7 @@ class AccuracyArgs:
     pipeline_dir: str = field(
         default="", metadata={"help": "reuse this training/pipeline.py output folder (data ... semantic_ids) made with the same config"}
     )
-    fail_fast: bool = field(default=False, metadata={"help": "stop at the first failed run (default: record it, go on)"})
+    fail_fast: bool = field(default=False, metadata={"help": "stop at the first failed run (else record its error and go on)"})
 
 
 @dataclass(frozen=True)

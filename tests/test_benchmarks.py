@@ -13,9 +13,10 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is scripts, not an installed package
 
 from benchmarks import accuracy, allocator, breakdowns, recbole_baselines, speed, time_to_quality  # noqa: E402
-from benchmarks.baselines import build_id_model, id_tokenizer  # noqa: E402
+from benchmarks.baselines import build_id_model, id_collator, id_tokenizer, masking_alone, stage_arguments  # noqa: E402
+from training import finetune, pretrain  # noqa: E402
 from training.config import default_data_dir, parse_args  # noqa: E402
-from training.pretrain import ModelArgs  # noqa: E402
+from training.masking import DEFAULT_MASKING, MASKING_STRATEGIES  # noqa: E402
 
 TINY_CONFIG = {
     "data": {"source": "s3rec", "max_users": 30},
@@ -23,7 +24,7 @@ TINY_CONFIG = {
     "inject": {"use_image": False, "num_epochs": 1, "dim": 32, "num_layers": 2, "num_heads": 2, "ffn_dim": 32},
     "quantize": {"method": "rkmeans", "num_codebooks": 2, "codebook_size": 64, "kmeans_iters": 3},
     "pretrain": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
-                 "max_len": 10, "num_epochs": 2, "batch_size": 64, "report_to": "none"},
+                 "max_position_embeddings": 10, "num_epochs": 2, "batch_size": 64, "report_to": "none"},
     "finetune": {"num_epochs": 1, "batch_size": 64, "report_to": "none"},
     "id_baselines": {"pretrain": {"num_epochs": 3}, "finetune": {"num_epochs": 2}},  # the ID baselines' own schedule
 }
@@ -35,20 +36,25 @@ TINY_CONFIG = {
 
 
 def test_plan_rows_main_and_ablations():
-    main = accuracy.plan_rows("main", item_embedding_in_config=False)
+    main = accuracy.plan_rows("main", item_embedding_in_config=False, masking=DEFAULT_MASKING)
     assert [r.name for r in main] == ["most-popular", "bert4rec-id", "sasrec-ce", "qbert4rec"]
-    ablations = {r.name: r for r in accuracy.plan_rows("ablations", item_embedding_in_config=False)}
+    masking = {"cloze": {"prob": 0.4, "ratio": 0.5}, "tail": {"prob": 0.6, "ratio": 0.3}}
+    ablations = {r.name: r for r in accuracy.plan_rows("ablations", item_embedding_in_config=False, masking=masking)}
     assert ablations["qbert4rec/+item-embedding"].pretrain_flags == ("--use_item_embedding", "true", "--score_item_embedding", "true")
+    # one row per registered strategy, alone, with the config's ratio for it (its own default where the config has none)
+    assert [n for n in ablations if "/mask-" in n] == [f"qbert4rec/mask-{s}" for s in MASKING_STRATEGIES]
     tail = ablations["qbert4rec/mask-tail"].pretrain_flags
-    assert dict(zip(tail[::2], tail[1::2])) == {"--cloze_prob": "0", "--span_prob": "0", "--tail_prob": "1", "--multi_region_prob": "0"}
-    assert ablations["qbert4rec/cross-domain"].cross_domain
-    flipped = {r.name: r for r in accuracy.plan_rows("all", item_embedding_in_config=True)}
-    assert "qbert4rec/-item-embedding" in flipped and len(flipped) == 4 + 11
+    assert tail[0] == "--masking" and json.loads(tail[1]) == {"tail": {"prob": 1.0, "ratio": 0.3}}
+    span = ablations["qbert4rec/mask-span"].pretrain_flags
+    _, parsed, _ = stage_arguments(pretrain, span)  # as training/pretrain.py reads the flag
+    assert parsed.masking == {"span": {"prob": 1.0}}
+    flipped = {r.name: r for r in accuracy.plan_rows("all", item_embedding_in_config=True, masking=masking)}
+    assert "qbert4rec/-item-embedding" in flipped and len(flipped) == 4 + 6 + len(MASKING_STRATEGIES)
+    assert not any("cross-domain" in name for name in flipped)
     assert flipped["qbert4rec/-item-embedding"].pretrain_flags == (  # without the embedding: 20 epochs at least
         "--use_item_embedding", "false", "--score_item_embedding", "false", "--min_epochs", "20")
-    assert flipped["qbert4rec/cross-domain"].pretrain_flags[-2:] == ("--min_epochs", "20")
     with pytest.raises(ValueError, match="--rows must be main, ablations or all"):
-        accuracy.plan_rows("everything", False)
+        accuracy.plan_rows("everything", False, DEFAULT_MASKING)
 
 
 def test_summarise_mean_and_sample_std():
@@ -107,26 +113,36 @@ def test_load_results_drops_records_of_other_settings(tmp_path):
 
 def test_each_row_is_keyed_by_the_settings_it_reads():
     args = accuracy.AccuracyArgs(dataset="beauty")
+    masking = {"cloze": {"prob": 0.6, "ratio": 0.5}, "span": {"prob": 0.4, "ratio": 0.2}}
     config = {"data": {"source": "s3rec"}, "quantize": {"codebook_size": 256},
-              "pretrain": {"hidden_size": 64, "loss_type": "codes+items", "cloze_ratio": 0.5, "span_prob": 0.2},
+              "pretrain": {"hidden_size": 64, "loss_type": "codes+items", "masking": masking},
               "finetune": {"num_epochs": 12}}
-    rows = {row.name: row for row in accuracy.plan_rows("all", item_embedding_in_config=True)}
-    names = ("most-popular", "bert4rec-id", "sasrec-ce", "qbert4rec", "qbert4rec/cross-domain")
+    qbert = {"qbert4rec", "qbert4rec/mask-cloze", "qbert4rec/mask-span", "qbert4rec/-item-embedding"}
+    names = ("most-popular", "bert4rec-id", "sasrec-ce", *sorted(qbert))
+
+    def hashes(config):  # as accuracy.main plans the rows: from the config's masking mix
+        rows = accuracy.plan_rows("all", True, config["pretrain"].get("masking", DEFAULT_MASKING))
+        return {row.name: accuracy.settings_hash(config, row, args) for row in rows if row.name in names}
 
     def changed(section, key, value):
-        edited = {**config, section: {**config[section], key: value}}
-        return {n for n in names if accuracy.settings_hash(edited, rows[n], args) != accuracy.settings_hash(config, rows[n], args)}
+        before, after = hashes(config), hashes({**config, section: {**config[section], key: value}})
+        return {n for n in names if before[n] != after[n]}
 
-    # cross-domain pretrains with `--loss_type codes`, whatever the config says
-    assert changed("pretrain", "loss_type", "items") == {"qbert4rec"}
-    assert changed("pretrain", "span_prob", 0.0) == {"qbert4rec", "qbert4rec/cross-domain"}
-    # the other domain's codes come from another quantiser: cross-domain starts from random code embeddings
-    assert changed("pretrain", "code_embedding_init", "codebooks") == {"qbert4rec"}
-    assert changed("quantize", "codebook_size", 128) == {"qbert4rec", "qbert4rec/cross-domain"}
-    assert changed("pretrain", "cloze_ratio", 0.2) == {"bert4rec-id", "qbert4rec", "qbert4rec/cross-domain"}
-    assert changed("finetune", "num_epochs", 6) == {"bert4rec-id", "qbert4rec", "qbert4rec/cross-domain"}
-    assert changed("pretrain", "hidden_size", 32) == {"bert4rec-id", "sasrec-ce", "qbert4rec", "qbert4rec/cross-domain"}
+    assert changed("pretrain", "loss_type", "items") == qbert
+    # a row of one strategy alone reads that strategy's options, not the mix's probabilities
+    assert changed("pretrain", "masking", {**masking, "span": {"prob": 0.4, "ratio": 0.3}}) == qbert - {"qbert4rec/mask-cloze"}
+    assert changed("pretrain", "masking", {"cloze": {"prob": 0.5, "ratio": 0.5}, "span": {"prob": 0.5, "ratio": 0.2}}) \
+        == {"qbert4rec", "qbert4rec/-item-embedding"}
+    # BERT4Rec-ID masks with cloze alone, at the config's cloze ratio
+    assert changed("pretrain", "masking", {**masking, "cloze": {"prob": 0.6, "ratio": 0.2}}) \
+        == {"bert4rec-id"} | qbert - {"qbert4rec/mask-span"}
+    # the ID baselines have no codebooks: their code embeddings start at random
+    assert changed("pretrain", "code_embedding_init", "codebooks") == qbert
+    assert changed("quantize", "codebook_size", 128) == qbert
+    assert changed("finetune", "num_epochs", 6) == {"bert4rec-id"} | qbert
+    assert changed("pretrain", "hidden_size", 32) == {"bert4rec-id", "sasrec-ce"} | qbert
     assert changed("data", "source", "lcrec") == set(names)
+    rows = {row.name: row for row in accuracy.plan_rows("all", item_embedding_in_config=True, masking=masking)}
     # the ID baselines' own schedule replaces the sections' keys for them only
     own = {**config, "id_baselines": {"pretrain": {"num_epochs": 40}, "finetune": {"num_epochs": 20}}}
     assert {n for n in names if accuracy.settings_hash(own, rows[n], args) != accuracy.settings_hash(config, rows[n], args)} \
@@ -158,15 +174,52 @@ def test_id_baselines_are_one_level_item_id_models():
     tokenizer = id_tokenizer(["a", "b", "c", "d", "e"], max_len=4)
     assert tokenizer.num_codebooks == 1 and tokenizer.codebook_size == 5
     assert tokenizer.item_codes.squeeze(1).tolist() == [0, 1, 2, 3, 4]
-    args = ModelArgs(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, max_len=5)
-    sasrec = build_id_model(args, tokenizer, causal=True)
-    bert = build_id_model(args, tokenizer, causal=False)
-    assert (sasrec.config.is_causal, sasrec.config.loss_type) == (True, "items")
-    assert (bert.config.is_causal, bert.config.loss_type) == (False, "items")
+    settings = pretrain.ModelSettings(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+                                      max_position_embeddings=5, use_item_embedding=True, loss_type="codes")
+    sasrec = build_id_model(settings, tokenizer, causal=True)
+    bert = build_id_model(settings, tokenizer, causal=False)
+    for model, causal in ((sasrec, True), (bert, False)):  # the ID-model settings replace the semantic-ID model's
+        assert (model.config.is_causal, model.config.loss_type, model.config.use_item_embedding) == (causal, "items", False)
+        assert (model.config.hidden_size, model.config.max_position_embeddings) == (8, 5)
     inputs = tokenizer([["a", "b"], ["c"]], return_tensors="pt")
     assert sasrec.score_items(**inputs).shape == bert.score_items(**inputs).shape == (2, 5)
     with pytest.raises(ValueError, match="at least one item id"):
         id_tokenizer([])
+
+
+def test_id_collators_mask_with_cloze_alone_or_predict_every_next_item():
+    tokenizer = id_tokenizer([str(i) for i in range(10)], max_len=7)
+    settings = pretrain.ModelSettings(max_position_embeddings=8)
+    _, pretrain_args, _ = stage_arguments(pretrain, ["--masking", "{span: {prob: 0.5}, cloze: {prob: 0.5, ratio: 0.5}}"])
+    bert = id_collator("bert4rec-id", tokenizer, settings, pretrain_args, seed=0)
+    assert bert.mix == {"cloze": (1.0, {"ratio": 0.5})} and (bert.num_items, bert.max_len) == (10, 8)
+    batch = bert([{"item_indices": list(range(8))}])
+    assert (batch["labels"] != -100).sum() == 4  # half of the 8 items
+    sasrec = id_collator("sasrec-ce", tokenizer, settings, pretrain_args, seed=0)
+    assert sasrec([{"item_indices": [3, 4, 5]}])["labels"].tolist() == [[4, 5]]
+    with pytest.raises(ValueError, match="unknown ID baseline"):
+        id_collator("gru4rec", tokenizer, settings, pretrain_args, seed=0)
+
+
+def test_masking_alone_keeps_the_options_the_mix_gives_the_strategy():
+    mix = {"tail": {"prob": 0.2, "ratio": 0.3}, "multi_region": {"prob": 0.8, "ratio": 0.5, "num_regions": 2}}
+    assert masking_alone(mix, "multi_region") == {"multi_region": {"prob": 1.0, "ratio": 0.5, "num_regions": 2}}
+    assert masking_alone(mix, "cloze") == {"cloze": {"prob": 1.0}}
+    assert mix["tail"] == {"prob": 0.2, "ratio": 0.3}  # not changed
+
+
+def test_stage_arguments_parse_a_section_without_its_data_folders(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"pretrain": {"hidden_size": 16, "max_position_embeddings": 10, "num_epochs": 3},
+                                      "finetune": {"num_epochs": 2}}))
+    settings, pretrain_args, loop_args = stage_arguments(pretrain, ["--config", str(config), "--num_epochs", "4"])
+    assert (settings.hidden_size, settings.max_position_embeddings, loop_args.num_epochs) == (16, 10, 4)
+    assert pretrain_args.dataset_dir == pretrain_args.semantic_ids_dir == "" and pretrain_args.masking == DEFAULT_MASKING
+    finetune_args, finetune_loop = stage_arguments(finetune, ["--config", str(config), "--dataset_dir", "data"])
+    assert (finetune_args.dataset_dir, finetune_args.pretrained_dir, finetune_loop.num_epochs) == ("data", "", 2)
+    config.write_text(yaml.safe_dump({"pretrain": {"hidden_sise": 16}}))
+    with pytest.raises(ValueError, match="unknown key.*hidden_sise"):  # a typo is still refused
+        stage_arguments(pretrain, ["--config", str(config)])
 
 
 def test_random_unique_codes_and_percentile():
@@ -461,16 +514,14 @@ def test_time_to_quality_trains_each_model_within_its_budget(tiny_bench):
 
 
 @pytest.mark.slow
-def test_accuracy_runs_the_other_ablations(tiny_bench, office_dir):
-    """Stage-1 variants (no structure, no gate), item-ID embedding, masking alone, cross-domain from Office."""
+def test_accuracy_runs_the_other_ablations(tiny_bench):
+    """Stage-1 variants (no structure, no gate), item-ID embedding, masking alone."""
     root, argv, _ = tiny_bench
     others = ["qbert4rec/no-structure", "qbert4rec/no-gate", "qbert4rec/+item-embedding", "qbert4rec/mask-cloze",
-              "qbert4rec/mask-span", "qbert4rec/mask-multi_region", "qbert4rec/cross-domain"]
+              "qbert4rec/mask-span", "qbert4rec/mask-multi_region"]
     results = accuracy.main(argv[: argv.index("--only") + 1] + [",".join(others)] + argv[argv.index("--only") + 2 :])
     for name in others:
         run = results["rows"][name]["seeds"]["0"]
         assert 0.0 <= run["test"]["ndcg@10"] <= 1.0 and run["test"]["num_users"] == 30, name
     ws = next((root / "out").glob("beauty/stages-*"))
     assert (ws / "variants" / "no-gate" / "semantic_ids" / "semantic_ids.json").is_file()
-    office = json.loads((ws / "cross_domain" / "lcrec" / "data" / "summary.json").read_text())
-    assert office["source"] == "lcrec" and office["users"] == 30

@@ -89,7 +89,8 @@ def test_kebab_case_spelling_and_every_boolean_form_are_accepted():
 
 def test_unknown_key_in_the_section_is_refused_with_the_close_match(tmp_path):
     config = write_config(tmp_path, "train:\n  num_epoch: 3\n")
-    with pytest.raises(ValueError, match=r"unknown key\(s\) in section 'train': num_epoch \(did you mean num_epochs\?\)\. Allowed: "):
+    message = r"unknown key\(s\) in section 'train': num_epoch \(did you mean num_epochs\?\)\. Allowed: "
+    with pytest.raises(ValueError, match=message):
         parse_args(["--config", config, "--dataset_dir", "D"], DataArgs, TrainArgs, section="train")
 
 
@@ -131,7 +132,8 @@ def test_as_flags_gives_back_what_the_section_says(tmp_path):
 
 
 def test_declares_knows_every_spelling():
-    assert all(declares((DataArgs, TrainArgs), flag) for flag in ("--num_epochs", "--num-epochs=3", "--no_group_by_length"))
+    flags = ("--num_epochs", "--num-epochs=3", "--no_group_by_length")
+    assert all(declares((DataArgs, TrainArgs), flag) for flag in flags)
     assert not any(declares((DataArgs, TrainArgs), flag) for flag in ("--seed", "--no_num_epochs", "--no_dataset_dir"))
 
 
@@ -169,7 +171,8 @@ def test_help_lists_each_flag_once_in_groups_with_defaults_and_keeps_the_example
     expected = ["-h", "--config"] + [f"--{f.name}" for t in (DataArgs, TrainArgs) for f in dataclasses.fields(t)]
     assert flags == expected  # each once, snake_case only (no --num-epochs, no --no_group_by_length)
     assert "\n    python train.py --dataset_dir DATA --num_epochs 3\n    python train.py --config" in text
-    assert text.index("Data: where the prepared dataset is:\n  --dataset_dir STR") < text.index("Training:\n  --num_epochs")
+    data_group, train_group = "Data: where the prepared dataset is:\n  --dataset_dir STR", "Training:\n  --num_epochs"
+    assert text.index(data_group) < text.index(train_group)
     entries = option_entries(text)
     assert "(required)" in entries["--dataset_dir"] and "default" not in entries["--dataset_dir"]
     assert "default" not in entries["--max_users"]  # None: no default to show
@@ -225,9 +228,11 @@ def test_stage_commands_mark_their_dataclasses_required_flags():
     from training import evaluate, explain_codes, export, extract_features, inject, quantize
 
     required = {
-        module.__name__: sorted(f.name for t in module.ARGUMENT_TYPES for f in dataclasses.fields(t) if f.metadata.get("required"))
+        module.__name__: sorted(
+            f.name for t in module.ARGUMENT_TYPES for f in dataclasses.fields(t) if f.metadata.get("required")
+        )
         for module in (evaluate, explain_codes, export, extract_features, inject, quantize)
-    }  # fmt: skip
+    }
     assert required == {
         "training.evaluate": ["dataset_dir", "model_dir"],
         "training.explain_codes": ["dataset_dir", "tokenizer_dir"],
@@ -275,7 +280,8 @@ def test_config_dataclass_fields_are_the_keyword_arguments_less_the_excluded_one
     Settings = config_dataclass(TinyConfig, exclude=("table",), name="Settings")
     fields = {f.name: f for f in dataclasses.fields(Settings)}
     assert Settings.__name__ == "Settings" and list(fields) == ["width", "act", "flag"]  # no **kwargs
-    assert (fields["width"].type, fields["width"].default, fields["width"].metadata["help"]) == (int, 8, "width of the layer.")
+    width = fields["width"]
+    assert (width.type, width.default, width.metadata["help"]) == (int, 8, "width of the layer.")
     (settings,) = parse_args(["--width", "16", "--flag"], Settings)
     assert asdict(settings) == {"width": 16, "act": "gelu", "flag": True}
     assert TinyConfig(**asdict(settings)).width == 16

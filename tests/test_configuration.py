@@ -116,3 +116,17 @@ def test_colliding_special_token_ids_are_refused():
 def test_unknown_loss_type_is_refused():
     with pytest.raises(ValueError, match=r"loss_type must be 'codes', 'items' or 'codes\+items', got 'mse'"):
         QBert4RecConfig(**{**TINY, "loss_type": "mse"})
+
+
+def test_score_item_embedding_needs_item_embeddings():
+    with pytest.raises(ValueError, match=r"score_item_embedding=True needs use_item_embedding=True"):
+        QBert4RecConfig(**{**TINY, "use_item_embedding": False, "score_item_embedding": True})
+    assert QBert4RecConfig(**TINY, score_item_embedding=True).score_item_embedding
+
+
+@pytest.mark.parametrize("loss_type", ["items", "codes+items"])
+def test_seen_item_bias_needs_the_catalogue_loss(loss_type):
+    with pytest.raises(ValueError, match=r"seen_item_bias=True is trained by the catalogue loss: use loss_type 'items' "
+                                         r"or 'codes\+items'"):
+        QBert4RecConfig(**TINY, seen_item_bias=True, loss_type="codes")
+    assert QBert4RecConfig(**TINY, seen_item_bias=True, loss_type=loss_type).seen_item_bias

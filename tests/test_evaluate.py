@@ -1,8 +1,10 @@
-"""Full-ranking metrics, evaluate_model, the most-popular baseline and the `evaluate` metric module."""
+"""Full-ranking metrics, evaluate_model, the most-popular baseline, the `evaluate` metric module, and on real data:
+evaluation ranks items exactly as `model.recommend` does."""
 
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,8 +13,12 @@ from torch.utils.data import DataLoader
 from training.evaluate import (
     MostPopular,
     aggregate,
+    batch_ranks,
+    eval_loader,
+    eval_users,
     evaluate_model,
     history_exclusion,
+    metrics_from_ranks,
     rank_metrics,
     save_metrics,
     target_ranks,
@@ -125,14 +131,17 @@ ITEM_CODES = torch.stack([torch.arange(NUM_ITEMS) // 4, torch.arange(NUM_ITEMS) 
 
 
 def tiny_loader(examples, batch_size=2):
-    collator = HistoryCollator(item_codes=ITEM_CODES, codebook_size=4, max_len=4)
+    collator = HistoryCollator(num_items=NUM_ITEMS, max_len=4)
     return DataLoader(examples, batch_size=batch_size, collate_fn=collator)
 
 
 def test_most_popular_counts_and_scores():
     model = MostPopular.from_sequences([[0, 1, 1], [1, 2], [5]], NUM_ITEMS)
     assert model.counts.tolist() == [1, 3, 1, 0, 0, 1]
-    scores = model.score_items(item_indices=torch.zeros(4, 2, dtype=torch.long))
+    item_indices = torch.zeros(4, 2, dtype=torch.long)
+    states = model.history_states(item_indices, torch.ones_like(item_indices))
+    assert states.shape == (4, 0)
+    scores = model.item_scores(states, item_indices)
     assert scores.shape == (4, NUM_ITEMS) and (scores == model.counts).all()
     with pytest.raises(ValueError, match=r"item index 6 is out of range \[0, num_items=6\)"):
         MostPopular.from_sequences([[1, 6]], NUM_ITEMS)
@@ -202,40 +211,39 @@ def tiny_qbert4rec(**overrides):
     return model.eval()
 
 
-class ScoresOnly(torch.nn.Module):
-    """The same model seen through `score_items` alone (the path of any other scorer)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def score_items(self, **inputs):
-        return self.model.score_items(**inputs)
+SCORING_FLAGS = {
+    "plain": {},
+    "score_item_embedding": {"use_item_embedding": True, "score_item_embedding": True},
+    "seen_item_bias": {"seen_item_bias": True},
+}
 
 
-@pytest.mark.parametrize("use_item_embedding", [False, True])
+@pytest.mark.parametrize("flags", list(SCORING_FLAGS))
 @pytest.mark.parametrize("exclude_history", [False, True])
-def test_blockwise_logit_ranks_equal_the_log_probability_ranks(monkeypatch, use_item_embedding, exclude_history):
-    """`batch_ranks` ranks `item_logits` in blocks of rows; the ranks are those of `score_items` in one piece."""
+def test_blockwise_ranks_equal_the_ranks_of_score_items(monkeypatch, flags, exclude_history):
+    """`batch_ranks` ranks `item_scores` in blocks of rows; the ranks are those of `score_items` in one piece."""
     import training.evaluate
 
-    monkeypatch.setattr(training.evaluate, "RANK_BLOCK", 2)  # 7 histories per batch: blocks 2, 2, 2, 1
-    model = tiny_qbert4rec(use_item_embedding=use_item_embedding, score_item_embedding=use_item_embedding)
+    model = tiny_qbert4rec(**SCORING_FLAGS[flags])
+    if model.head.seen_item_bias is not None:
+        with torch.no_grad():
+            model.head.seen_item_bias.fill_(-1.0)  # not 0: leaving out the histories would change the ranks
     examples = [{"item_indices": [(3 * i) % NUM_ITEMS, (i + 1) % NUM_ITEMS][: 1 + i % 2], "target": (i * 5) % NUM_ITEMS}
                 for i in range(11)]
-    batch = HistoryCollator(item_codes=ITEM_CODES, codebook_size=4, max_len=4)(examples[:7])
-    ranks, num_items = training.evaluate.batch_ranks(model, batch, exclude_history)
+    in_one_block = evaluate_model(model, tiny_loader(examples, batch_size=7), exclude_history=exclude_history)
+    monkeypatch.setattr(training.evaluate, "RANK_BLOCK", 2)  # 7 histories per batch: blocks 2, 2, 2, 1
+    batch = HistoryCollator(num_items=NUM_ITEMS, max_len=4)(examples[:7])
+    ranks, num_items = batch_ranks(model, batch, exclude_history)
     exclude = history_exclusion(batch["item_indices"], NUM_ITEMS) if exclude_history else None
-    scores = model.score_items(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                               item_indices=batch["item_indices"])
+    scores = model.score_items(batch["item_indices"], batch["attention_mask"])
     assert num_items == NUM_ITEMS and torch.equal(ranks, target_ranks(scores, batch["targets"], exclude))
     assert len(set(ranks.tolist())) > 1  # the histories are ranked differently: the check above can fail
     blockwise = evaluate_model(model, tiny_loader(examples, batch_size=7), exclude_history=exclude_history)
-    assert blockwise == evaluate_model(ScoresOnly(model), tiny_loader(examples, batch_size=7), exclude_history=exclude_history)
+    assert blockwise == in_one_block
 
 
 def test_ranked_batches_in_threads_keep_the_order_and_the_thread_count():
-    from training.evaluate import batch_ranks, ranked_batches
+    from training.evaluate import ranked_batches
 
     model = tiny_qbert4rec()
     examples = [{"item_indices": [i % NUM_ITEMS, (2 * i) % NUM_ITEMS][: 1 + i % 2], "target": (i * 5) % NUM_ITEMS}
@@ -252,8 +260,6 @@ def test_ranked_batches_in_threads_keep_the_order_and_the_thread_count():
 def test_users_sorted_by_history_length_get_the_same_metrics():
     from datasets import Dataset
 
-    from training.sequences import eval_users
-
     model = tiny_qbert4rec()
     examples = [{"item_indices": [(7 * i + j) % NUM_ITEMS for j in range(i % 4)], "target": (i * 5) % NUM_ITEMS}
                 for i in range(20)]
@@ -261,6 +267,22 @@ def test_users_sorted_by_history_length_get_the_same_metrics():
     assert [len(u["item_indices"]) for u in users] == sorted(len(e["item_indices"]) for e in examples)
     as_stored = evaluate_model(model, tiny_loader(examples, batch_size=3))
     assert evaluate_model(model, tiny_loader(users, batch_size=3)) == pytest.approx(as_stored, abs=1e-12)
+
+
+def test_eval_loader_takes_the_first_users_and_batches_them_by_length():
+    from datasets import Dataset
+
+    examples = [{"item_indices": [i % NUM_ITEMS] * (3 - i % 3), "target": i % NUM_ITEMS} for i in range(10)]
+    split = Dataset.from_list(examples)
+    collator = HistoryCollator(num_items=NUM_ITEMS, max_len=4)
+    loop_args = SimpleNamespace(max_eval_users=None, eval_batch_size=4)
+    batches = list(eval_loader(split, collator, loop_args))
+    assert [len(b["targets"]) for b in batches] == [4, 4, 2]
+    assert [b["item_indices"].shape[1] for b in batches] == [2, 3, 3]  # sorted by history length: 1, 1, 1, 2 | 2, 2, 3...
+    first = list(eval_loader(split, collator, loop_args, max_users=5))
+    assert sorted(t for b in first for t in b["targets"].tolist()) == sorted(e["target"] for e in examples[:5])
+    loop_args.max_eval_users = 3
+    assert sum(len(b["targets"]) for b in eval_loader(split, collator, loop_args)) == 3
 
 
 # -- the `evaluate` metric module --------------------------------------------------------------------------------------
@@ -345,7 +367,7 @@ def read_beauty_sequences(beauty_dir) -> list[list[int]]:
 
 
 def test_most_popular_on_beauty_matches_the_design_anchor(beauty_dir):
-    """DESIGN.md §4: most-popular R@10 .0114 / N@10 .0053 on the Beauty test split, history items kept.
+    """docs/method.md §4: most-popular R@10 .0114 / N@10 .0053 on the Beauty test split, history items kept.
 
     The anchor is reproduced with counts over everything before the test target (train + validation items);
     counting the training part alone (all but the last two items) gives R@10 .0106 / N@10 .0051."""
@@ -353,10 +375,98 @@ def test_most_popular_on_beauty_matches_the_design_anchor(beauty_dir):
     num_items = max(max(seq) for seq in sequences) + 1
     assert (len(sequences), num_items) == (22363, 12101)
     model = MostPopular.from_sequences([seq[:-1] for seq in sequences], num_items)
-    codes = torch.stack([torch.arange(num_items) // 256, torch.arange(num_items) % 256], dim=1)  # unused by the model
-    collator = HistoryCollator(item_codes=codes, codebook_size=256, max_len=50)
+    collator = HistoryCollator(num_items=num_items, max_len=50)
     test = [{"item_indices": seq[:-1], "target": seq[-1]} for seq in sequences]
     metrics = evaluate_model(model, DataLoader(test, batch_size=2048, collate_fn=collator))
     assert metrics["num_users"] == 22363
     assert metrics["recall@10"] == pytest.approx(0.0114, abs=3e-4)
     assert metrics["ndcg@10"] == pytest.approx(0.0053, abs=3e-4)
+
+
+# -- real data: evaluation ranks the Scientific catalogue as `recommend` does -----------------------------------------
+
+SCIENTIFIC_MAX_LEN = 20  # max_position_embeddings: histories keep 19 items (some Scientific users have more)
+
+
+@pytest.fixture(scope="module")
+def scientific(scientific_dir):
+    """Scientific through its registered reader: the tokenizer of its real catalogue (codes `[i % 64, i // 64]`,
+    unique, built at once, `max_len` as a checkpoint's), every 8th test user (item ids and item indices) and their
+    target item ids."""
+    from tokenization_semantic_id import SemanticIdTokenizer
+    from training.readers import read_source
+    from training.sequences import encode_split
+
+    data = read_source("recbole", scientific_dir)
+    item_ids = data.items["item_id"]
+    codes = [[i % 64, i // 64] for i in range(len(item_ids))]
+    tok = SemanticIdTokenizer.from_codes(item_ids, codes, 64, max_len=SCIENTIFIC_MAX_LEN - 1)
+    test = data.sequences["test"].select(range(0, data.sequences["test"].num_rows, 8))
+    users = encode_split(test, tok)
+    assert (tok.num_items, len(users)) == (1585, 366)
+    return tok, users, list(test["target"])
+
+
+def scientific_model(tok, **flags):
+    from configuration_qbert4rec import QBert4RecConfig
+    from modeling_qbert4rec import QBert4RecForMaskedItemModeling
+
+    torch.manual_seed(0)
+    config = QBert4RecConfig(num_codebooks=2, codebook_size=64, num_items=tok.num_items, hidden_size=32,
+                             num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                             max_position_embeddings=SCIENTIFIC_MAX_LEN, initializer_range=0.2, **flags)
+    model = QBert4RecForMaskedItemModeling(config).eval()
+    model.set_item_codes(tok.item_codes, tok.table_fingerprint)
+    if model.head.seen_item_bias is not None:
+        with torch.no_grad():
+            model.head.seen_item_bias.fill_(-1.0)  # not 0: leaving out the histories would change the ranks
+    model.check_tokenizer(tok)
+    return model
+
+
+@pytest.mark.parametrize("flags", list(SCORING_FLAGS))
+@pytest.mark.parametrize("exclude_history", [False, True])
+def test_evaluation_ranks_items_as_recommend_does_on_scientific(scientific, flags, exclude_history):
+    """For real test users, the target's rank in evaluation (`batch_ranks`, `evaluate_model`) is its position in
+    `model.recommend` over the whole catalogue (the product: item ids through the tokenizer), ties aside."""
+    tok, users, target_ids = scientific
+    model = scientific_model(tok, **SCORING_FLAGS[flags])
+    collator = HistoryCollator(num_items=tok.num_items, max_len=SCIENTIFIC_MAX_LEN)
+    batch = collator(users.to_list())
+    targets = batch["targets"]
+    ranks, num_items = batch_ranks(model, batch, exclude_history)
+    assert num_items == tok.num_items
+
+    inputs = tok(list(users["item_ids"]), return_tensors="pt")
+    assert tok.decode_items(targets) == target_ids
+    # One scoring path: score_items = item_scores(history_states(...)), from the tokenizer's or the collator's batch.
+    scores = model.score_items(**inputs)
+    torch.testing.assert_close(scores, model.item_scores(model.history_states(**inputs), inputs["item_indices"]))
+    torch.testing.assert_close(scores, model.score_items(batch["item_indices"], batch["attention_mask"]))
+
+    in_history = history_exclusion(inputs["item_indices"], num_items)  # (U, N)
+    top_k = num_items - int(in_history.sum(dim=1).max()) if exclude_history else num_items
+    out = model.recommend(**inputs, top_k=top_k, exclude_history=exclude_history)
+    found = out.item_indices == targets[:, None]  # (U, top_k)
+    positions = found.float().argmax(dim=1)
+    target_scores = scores.gather(1, targets[:, None])
+    ties = (out.scores == target_scores).sum(dim=1) - found.any(dim=1).long()  # other items tied with the target
+    # With exclude_history, evaluation keeps a target the user saw before; recommend never shows it.
+    comparable = ~in_history.gather(1, targets[:, None]).squeeze(1) if exclude_history else torch.ones_like(found[:, 0])
+    listed = found.any(dim=1)
+    untied = comparable & listed & (ties == 0)
+    assert untied.float().mean() > 0.9  # 98-100% of these users: the comparison below covers nearly all of them
+    assert torch.equal(positions[untied], ranks[untied])
+    assert (ranks[comparable & ~listed] >= top_k).all()  # beyond the list in evaluation too
+    assert len(set(ranks.tolist())) > 50  # the users are ranked differently: the checks above can fail
+
+    if not exclude_history:
+        assert (ties == 0).all() and listed.all()
+        # evaluate_model's metrics over the same users are those of the recommended lists.
+        loader = eval_loader(users, collator, SimpleNamespace(max_eval_users=None, eval_batch_size=100))
+        metrics = evaluate_model(model, loader)
+        expected = aggregate(metrics_from_ranks(positions))
+        assert metrics.pop("num_users") == len(users) and metrics.pop("num_items") == num_items
+        assert metrics.pop("exclude_history") is False
+        assert metrics == pytest.approx(expected, abs=1e-12)
+        assert metrics["recall@20"] > 0  # some targets are in the top 20: the comparison is not of zeros

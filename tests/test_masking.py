@@ -1,18 +1,23 @@
-"""Masking strategies (invariants for every strategy) and the collators of training/masking.py."""
+"""Masking strategies (invariants for every strategy in the registry), the mix a config names, and the collators of
+training/masking.py."""
 
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from tokenization_semantic_id import mask_index, padding_index
 from training.masking import (
+    DEFAULT_MASKING,
     IGNORE_INDEX,
     MASKING_STRATEGIES,
+    CausalCollator,
     HistoryCollator,
     MultiMaskCollator,
     NextItemCollator,
-    check_strategy_probs,
+    check_masking,
     multi_region_mask,
     span_mask,
+    strategy_options,
     tail_mask,
     valid_from_lengths,
 )
@@ -21,7 +26,7 @@ SEQ_LEN = 12
 # every length from 0 to SEQ_LEN, plus random ones: the empty and length-1 rows are always there
 RANDOM_LENGTHS = torch.randint(0, SEQ_LEN + 1, (40,), generator=torch.Generator().manual_seed(7))
 LENGTHS = torch.cat([torch.arange(SEQ_LEN + 1), RANDOM_LENGTHS])
-RATIOS = {"cloze": 0.3, "span": 0.3, "tail": 0.3, "multi_region": 0.4}
+RATIOS = {"cloze": 0.3, "span": 0.3, "tail": 0.3, "multi_region": 0.4}  # one entry per registered strategy
 
 
 def run_strategy(name, lengths=LENGTHS, seed=0, **kwargs):
@@ -37,6 +42,10 @@ def runs_per_row(masked: torch.Tensor) -> torch.Tensor:
 
 
 # -- invariants, every strategy ----------------------------------------------------------------------------------------
+
+
+def test_every_registered_strategy_is_tested_here():
+    assert set(RATIOS) == set(MASKING_STRATEGIES)
 
 
 @pytest.mark.parametrize("name", list(MASKING_STRATEGIES))
@@ -69,6 +78,15 @@ def test_masked_count_is_the_rounded_ratio(name):
 @pytest.mark.parametrize("name", list(MASKING_STRATEGIES))
 def test_same_seed_same_masks(name):
     assert torch.equal(run_strategy(name, seed=3)[1], run_strategy(name, seed=3)[1])
+
+
+@pytest.mark.parametrize("name", list(MASKING_STRATEGIES))
+def test_defaults_give_the_invariants(name):
+    """Each strategy with the options a config gets when it names only `prob` (`strategy_options`)."""
+    valid = valid_from_lengths(LENGTHS, SEQ_LEN)
+    masked = MASKING_STRATEGIES[name](valid, generator=torch.Generator().manual_seed(0), **strategy_options(name))
+    assert not (masked & ~valid).any()
+    assert (masked.sum(dim=1)[LENGTHS > 0] >= 1).all()
 
 
 @pytest.mark.parametrize("name", ["cloze", "span", "multi_region"])
@@ -170,29 +188,65 @@ def test_span_ratio_one_still_leaves_an_item():
     assert masked.sum().item() == 4
 
 
-# -- strategy mix validation -------------------------------------------------------------------------------------------
+# -- the strategy mix a config names (check_masking) -------------------------------------------------------------------
 
 
-def test_strategy_probs_are_validated():
-    with pytest.raises(ValueError, match="unknown masking strategy 'bert'"):
-        check_strategy_probs({"bert": 1.0})
-    with pytest.raises(ValueError, match="must sum to 1, got 0.9"):
-        check_strategy_probs({"cloze": 0.5, "span": 0.4})
-    with pytest.raises(ValueError, match="'span' must be >= 0"):
-        check_strategy_probs({"cloze": 1.5, "span": -0.5})
-    with pytest.raises(ValueError, match="strategy probabilities are empty"):
-        check_strategy_probs({})
-    assert check_strategy_probs({"cloze": 0.25, "span": 0.25, "tail": 0.25, "multi_region": 0.25})
+def test_strategy_options_are_the_functions_keyword_defaults():
+    assert strategy_options("cloze") == {"ratio": 0.2}
+    assert strategy_options("tail") == {"ratio": 0.2, "k": None}
+    assert strategy_options("multi_region") == {"ratio": 0.3, "num_regions": 3}
+    with pytest.raises(ValueError, match="unknown masking strategy 'bert'; known: cloze, span, tail, multi_region"):
+        strategy_options("bert")
+
+
+def test_check_masking_fills_defaults_and_drops_unused_strategies():
+    assert check_masking(DEFAULT_MASKING) == {
+        "cloze": (0.4, {"ratio": 0.2}),
+        "span": (0.2, {"ratio": 0.2}),
+        "tail": (0.2, {"ratio": 0.2, "k": None}),
+        "multi_region": (0.2, {"ratio": 0.3, "num_regions": 3}),
+    }
+    mix = check_masking({"cloze": {"prob": 0.75, "ratio": 0.5}, "span": {"prob": 0.0}, "tail": {"prob": 0.25, "k": 1}})
+    assert mix == {"cloze": (0.75, {"ratio": 0.5}), "tail": (0.25, {"ratio": 0.2, "k": 1})}
+    assert list(mix) == ["cloze", "tail"]  # the mapping's order
+
+
+@pytest.mark.parametrize(
+    "masking, message",
+    [
+        ({"bert": {"prob": 1.0}}, r"unknown masking strategy 'bert'; known: cloze, span, tail, multi_region"),
+        ({"span": {"prob": 1.0, "rate": 0.2}}, r"masking strategy 'span' has no setting rate; it takes prob, ratio"),
+        ({"tail": {"prob": 1.0, "num_regions": 2}},
+         r"masking strategy 'tail' has no setting num_regions; it takes prob, ratio, k"),
+        ({"cloze": {"prob": 0.5}, "span": {"prob": 0.4}}, r"masking strategy probabilities must sum to 1, got 0.9"),
+        ({"cloze": {"prob": 0.6}, "span": {"prob": 0.6}}, r"probabilities must sum to 1, got 1.2"),
+        ({"cloze": {"prob": 1.5}, "span": {"prob": -0.5}}, r"probability of masking strategy 'span' must be >= 0, got -0.5"),
+        ({"cloze": {"ratio": 0.2}}, r"masking strategy 'cloze' needs a mapping with 'prob', got \{'ratio': 0.2\}"),
+        ({"cloze": 1.0}, r"masking strategy 'cloze' needs a mapping with 'prob', got 1.0"),
+        ({"span": {"prob": 1.0, "ratio": 2}}, r"mask ratio must be in \(0, 1\], got 2"),
+        ({}, r"masking must map strategy names to settings"),
+        ([("cloze", {"prob": 1.0})], r"masking must map strategy names to settings"),
+    ],
+)
+def test_check_masking_refuses_a_bad_mix(masking, message):
+    with pytest.raises(ValueError, match=message):
+        check_masking(masking)
+    with pytest.raises(ValueError, match=message):
+        MultiMaskCollator(num_items=NUM_ITEMS, masking=masking)  # refused when built, before the first batch
+
+
+@pytest.mark.xfail(strict=True, reason="check_masking validates `ratio` only: k=0 or num_regions=0 passes it and is "
+                                        "refused by the strategy at the first batch, not when the collator is built")
+@pytest.mark.parametrize("masking", [{"tail": {"prob": 1.0, "k": 0}}, {"multi_region": {"prob": 1.0, "num_regions": 0}}])
+def test_check_masking_refuses_bad_strategy_options_up_front(masking):
+    with pytest.raises(ValueError, match=r"must be >= 1, got 0"):
+        check_masking(masking)
 
 
 # -- collators ---------------------------------------------------------------------------------------------------------
 
-NUM_ITEMS, NUM_CODEBOOKS, CODEBOOK_SIZE = 20, 3, 8
-ITEM_CODES = torch.randint(0, CODEBOOK_SIZE, (NUM_ITEMS, NUM_CODEBOOKS), generator=torch.Generator().manual_seed(0))
-
-
-def token_ids(item: int) -> list[int]:
-    return [4 + level * CODEBOOK_SIZE + int(ITEM_CODES[item, level]) for level in range(NUM_CODEBOOKS)]
+NUM_ITEMS = 20
+PAD, MASK = padding_index(NUM_ITEMS), mask_index(NUM_ITEMS)
 
 
 def make_examples(count=16, seed=0, max_length=9):
@@ -209,47 +263,59 @@ def make_examples(count=16, seed=0, max_length=9):
 
 
 def multi_mask_collator(**kwargs):
-    kwargs = {"item_codes": ITEM_CODES, "codebook_size": CODEBOOK_SIZE, "max_len": 6, **kwargs}
-    return MultiMaskCollator(**kwargs)
+    return MultiMaskCollator(**{"num_items": NUM_ITEMS, "max_len": 6, **kwargs})
+
+
+def check_multi_mask_batch(batch, examples, max_len=6):
+    """Left-padded newest `max_len` items; masked positions hold `[MASK]` and their item as label, -100 elsewhere."""
+    width = max(min(len(e["item_indices"]), max_len) for e in examples)
+    assert set(batch) == {"item_indices", "attention_mask", "labels"}
+    assert batch["item_indices"].shape == batch["attention_mask"].shape == batch["labels"].shape == (len(examples), width)
+    masked, padding = batch["item_indices"] == MASK, batch["item_indices"] == PAD
+    assert torch.equal(batch["attention_mask"].bool(), ~padding)
+    assert torch.equal(batch["labels"] == IGNORE_INDEX, ~masked)  # -100 exactly where unmasked
+    for b, example in enumerate(examples):
+        kept = example["item_indices"][-max_len:]
+        assert padding[b].sum() == width - len(kept)
+        row, labels = batch["item_indices"][b, width - len(kept):], batch["labels"][b, width - len(kept):]
+        assert int((row == MASK).sum()) >= 1
+        original = torch.where(row == MASK, labels, row)  # every position gives back its item, masked or not
+        assert original.tolist() == kept
 
 
 def test_multi_mask_collator_shapes_labels_and_padding():
     examples = make_examples()
     batch = multi_mask_collator()(examples)
-    width = max(min(len(e["item_indices"]), 6) for e in examples)
-    assert set(batch) == {"input_ids", "attention_mask", "item_indices", "labels"}
-    assert batch["input_ids"].shape == (16, width, NUM_CODEBOOKS) == batch["labels"].shape
-    assert batch["attention_mask"].shape == (16, width) == batch["item_indices"].shape
-    masked = batch["item_indices"] == NUM_ITEMS + 1
-    padding = batch["item_indices"] == NUM_ITEMS
-    assert torch.equal(batch["attention_mask"].bool(), ~padding)
-    assert (batch["input_ids"][masked] == 1).all() and (batch["input_ids"][padding] == 0).all()
-    assert ((batch["labels"] == IGNORE_INDEX).all(dim=-1) == ~masked).all()  # -100 exactly where unmasked
+    check_multi_mask_batch(batch, examples)
     for b, example in enumerate(examples):
-        kept = example["item_indices"][-6:]
-        row = batch["item_indices"][b, width - len(kept):]
-        labels = batch["labels"][b, width - len(kept):]
-        assert 1 <= int((row == NUM_ITEMS + 1).sum()) <= max(len(kept) - 1, 1)
-        for t, item in enumerate(kept):  # the newest max_len items, left-padded, each level's token id
-            if row[t] == NUM_ITEMS + 1:
-                assert labels[t].tolist() == token_ids(item)
-            else:
-                assert row[t].item() == item
-                assert batch["input_ids"][b, width - len(kept) + t].tolist() == token_ids(item)
+        kept = min(len(example["item_indices"]), 6)
+        assert int((batch["item_indices"][b] == MASK).sum()) <= max(kept - 1, 1)
+
+
+@pytest.mark.parametrize("name", list(MASKING_STRATEGIES))
+def test_multi_mask_collator_labels_every_strategy(name):
+    """Through the collator, every strategy alone: padding never masked, >= 1 masked per row, labels -100 exactly
+    where unmasked, and the same seed gives the same batch."""
+    examples = make_examples(count=32)
+    masking = {name: {"prob": 1.0, "ratio": RATIOS[name]}}
+    batch = multi_mask_collator(masking=masking, seed=1)(examples)
+    check_multi_mask_batch(batch, examples)
+    again = multi_mask_collator(masking=masking, seed=1)(examples)
+    assert all(torch.equal(batch[key], again[key]) for key in batch)
 
 
 def test_multi_mask_collator_single_strategy_tail_k():
-    collator = multi_mask_collator(strategy_probs={"tail": 1.0}, tail_k=1)
+    collator = multi_mask_collator(masking={"tail": {"prob": 1.0, "k": 1}})
     batch = collator(make_examples())
-    masked = batch["item_indices"] == NUM_ITEMS + 1
+    masked = batch["item_indices"] == MASK
     assert masked[:, -1].all() and not masked[:, :-1].any()
 
 
 def test_multi_mask_collator_mixes_strategies_with_the_given_probabilities():
-    ratios = {"cloze": 0.2, "tail": 0.2}  # one masked item in a 6-item row
-    collator = multi_mask_collator(strategy_probs={"cloze": 0.5, "tail": 0.5}, strategy_ratios=ratios)
+    # ratio 0.2: one masked item in a 6-item row
+    collator = multi_mask_collator(masking={"cloze": {"prob": 0.5, "ratio": 0.2}, "tail": {"prob": 0.5, "ratio": 0.2}})
     batch = collator([{"item_indices": list(range(6))}] * 1000)
-    masked = batch["item_indices"] == NUM_ITEMS + 1
+    masked = batch["item_indices"] == MASK
     assert (masked.sum(dim=1) == 1).all()
     last_masked = masked[:, -1].double().mean().item()
     assert 0.53 < last_masked < 0.64  # tail always (1/2), cloze one time in six (1/2 * 1/6): 0.583
@@ -292,23 +358,13 @@ def test_multi_mask_collator_masks_do_not_depend_on_dataloader_workers():
 
 def test_multi_mask_collator_bad_input():
     with pytest.raises(ValueError, match="unknown masking strategy 'random'"):
-        multi_mask_collator(strategy_probs={"random": 1.0})
-    with pytest.raises(ValueError, match="must sum to 1, got 1.2"):
-        multi_mask_collator(strategy_probs={"cloze": 0.6, "span": 0.6})
-    with pytest.raises(ValueError, match="unknown masking strategy 'spam' in strategy_ratios"):
-        multi_mask_collator(strategy_ratios={"spam": 0.2})
-    with pytest.raises(ValueError, match=r"mask ratio must be in \(0, 1\], got 2"):
-        multi_mask_collator(strategy_ratios={"span": 2})
-    with pytest.raises(ValueError, match="tail_k must be >= 1"):
-        multi_mask_collator(tail_k=0)
-    with pytest.raises(ValueError, match=r"item_codes\[0, 0\] = 8 is outside \[0, codebook_size=8\)"):
-        multi_mask_collator(item_codes=torch.full((2, 3), 8))
-    with pytest.raises(ValueError, match="pad_token_id and mask_token_id must differ"):
-        multi_mask_collator(pad_token_id=1, mask_token_id=1)
-    with pytest.raises(ValueError, match="mask_token_id=5 must be a special token id"):
-        multi_mask_collator(mask_token_id=5)
+        multi_mask_collator(masking={"random": {"prob": 1.0}})
+    with pytest.raises(ValueError, match="tail_mask k must be >= 1, got 0"):  # refused at the first batch
+        multi_mask_collator(masking={"tail": {"prob": 1.0, "k": 0}})([{"item_indices": [1, 2]}])
     with pytest.raises(ValueError, match="max_len must be >= 1"):
         multi_mask_collator(max_len=0)
+    with pytest.raises(ValueError, match="num_items must be >= 1, got 0"):
+        multi_mask_collator(num_items=0)
     collator = multi_mask_collator()
     with pytest.raises(ValueError, match="empty batch"):
         collator([])
@@ -318,23 +374,20 @@ def test_multi_mask_collator_bad_input():
         collator([{"item_indices": [1]}, {"item_indices": [2, 20]}])
     with pytest.raises(ValueError, match=r"example 0: item index -1 is out of range"):
         collator([{"item_indices": [-1, 2]}])
-    with pytest.raises(ValueError, match="example 1: item_indices must be a list of ints"):
+    with pytest.raises(ValueError, match=r"sequence 1: item indices must be ints, got \['B0001', 'B0002'\]"):
         collator([{"item_indices": [1]}, {"item_indices": ["B0001", "B0002"]}])
     with pytest.raises(ValueError, match="example 0 has no 'item_indices' key"):
         collator([{"item_ids": ["a"]}])
 
 
 def test_next_item_collator_masks_one_position_after_the_history():
-    collator = NextItemCollator(item_codes=ITEM_CODES, codebook_size=CODEBOOK_SIZE, max_len=4)
+    collator = NextItemCollator(num_items=NUM_ITEMS, max_len=4)
     examples = [{"item_indices": [1, 2, 3, 4, 5], "target": 6}, {"item_indices": [], "target": 7}]
     batch = collator(examples)
-    pad, masked = NUM_ITEMS, NUM_ITEMS + 1
-    assert batch["item_indices"].tolist() == [[3, 4, 5, masked], [pad, pad, pad, masked]]
+    assert set(batch) == {"item_indices", "attention_mask", "labels"}
+    assert batch["item_indices"].tolist() == [[3, 4, 5, MASK], [PAD, PAD, PAD, MASK]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [0, 0, 0, 1]]
-    assert batch["input_ids"][:, -1].tolist() == [[1] * 3, [1] * 3]
-    assert batch["input_ids"][0, 0].tolist() == token_ids(3)
-    assert batch["labels"][:, -1].tolist() == [token_ids(6), token_ids(7)]
-    assert (batch["labels"][:, :-1] == IGNORE_INDEX).all()
+    assert batch["labels"].tolist() == [[IGNORE_INDEX] * 3 + [6], [IGNORE_INDEX] * 3 + [7]]
     with pytest.raises(ValueError, match=r"example 0: target item index 20 is out of range"):
         collator([{"item_indices": [1], "target": 20}])
     with pytest.raises(ValueError, match="example 0: 'target' must be an int item index, got 'B00'"):
@@ -342,13 +395,24 @@ def test_next_item_collator_masks_one_position_after_the_history():
 
 
 def test_history_collator_returns_the_unmasked_history_and_targets():
-    collator = HistoryCollator(item_codes=ITEM_CODES, codebook_size=CODEBOOK_SIZE, max_len=4)
+    collator = HistoryCollator(num_items=NUM_ITEMS, max_len=4)
     batch = collator([{"item_indices": [1, 2, 3, 4, 5], "target": 6}, {"item_indices": [9], "target": torch.tensor(7)}])
-    assert set(batch) == {"input_ids", "attention_mask", "item_indices", "targets"}
-    assert batch["item_indices"].tolist() == [[3, 4, 5], [NUM_ITEMS, NUM_ITEMS, 9]]  # newest max_len - 1 items
+    assert set(batch) == {"item_indices", "attention_mask", "targets"}
+    assert batch["item_indices"].tolist() == [[3, 4, 5], [PAD, PAD, 9]]  # newest max_len - 1 items
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
     assert batch["targets"].tolist() == [6, 7]
-    assert batch["input_ids"][1, -1].tolist() == token_ids(9) and (batch["input_ids"][1, 0] == 0).all()
     empty = collator([{"item_indices": [], "target": 0}])
-    assert empty["item_indices"].tolist() == [[NUM_ITEMS]] and empty["attention_mask"].tolist() == [[0]]
+    assert empty["item_indices"].tolist() == [[PAD]] and empty["attention_mask"].tolist() == [[0]]
     with pytest.raises(ValueError, match="example 0: 'target' must be an int item index, got None"):
+        collator([{"item_indices": [1]}])
+
+
+def test_causal_collator_labels_every_position_with_the_next_item():
+    collator = CausalCollator(num_items=NUM_ITEMS, max_len=3)
+    batch = collator([{"item_indices": [1, 2, 3, 4, 5]}, {"item_indices": [8, 9]}])
+    assert set(batch) == {"item_indices", "attention_mask", "labels"}
+    assert batch["item_indices"].tolist() == [[2, 3, 4], [PAD, PAD, 8]]  # the newest max_len + 1 items, minus the last
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert batch["labels"].tolist() == [[3, 4, 5], [IGNORE_INDEX, IGNORE_INDEX, 9]]
+    with pytest.raises(ValueError, match=r"example 0 has 1 item\(s\): causal training needs at least 2"):
         collator([{"item_indices": [1]}])

@@ -378,8 +378,8 @@ def test_auto_model_returns_the_recommending_model(tok, tmp_path, model):
 
 
 # The state dict of the tester's config with every optional part (use_item_embedding, seen_item_bias), as
-# `modeling_qbert4rec.py` wrote it before inputs became item indices (when the tokenizer also returned `input_ids`):
-# checkpoints exported then must still load, so these keys and shapes may not move.
+# `modeling_qbert4rec.py` wrote it before inputs became item indices (commit d62b4d0, when the tokenizer also returned
+# `input_ids`): checkpoints exported then must still load, so these keys and shapes may not move.
 PREVIOUS_STATE_DICT_SHAPES = {
     "item_codes": (20, 3),
     "qbert4rec.embeddings.code_embeddings.weight": (28, 32),

@@ -1,4 +1,5 @@
-"""The whole pipeline on the smoke slice of real Beauty data, and a training run killed with SIGKILL then resumed."""
+"""The pipeline: its flags and config checks (stages stubbed), the smoke config on a 300-user slice of real Beauty
+data, and a training run killed with SIGKILL then resumed."""
 
 import json
 import math
@@ -17,12 +18,82 @@ from training import pipeline
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(REPO_ROOT / "configs" / "smoke.yaml")
+# configs/smoke.yaml on the first 300 users, one epoch per trained stage: the flags go to the stages that take them.
+SLICE = ["--max_users", "300", "--num_epochs", "1"]
+
+
+@pytest.fixture
+def stub_stages(monkeypatch):
+    """Replace every stage's `main` by one that records its argv; returns `{stage: argv}` in the order they ran."""
+    calls = {}
+
+    def stage(argv, name):
+        calls[name] = argv
+        Path(argv[argv.index("--output_dir") + 1]).mkdir(parents=True, exist_ok=True)
+
+    for module in pipeline.STAGE_MODULES:
+        monkeypatch.setattr(module, "main", lambda argv, name=module.SECTION: stage(argv, name))
+    return calls
+
+
+def test_flags_the_pipeline_does_not_read_go_to_every_stage_that_takes_them(stub_stages, tmp_path):
+    pipeline.main(["--config", SMOKE, "--output_dir", str(tmp_path), "--stop_after", "quantize", "--seed", "3",
+                   "--no_use_text", "--masking", "{cloze: {prob: 1.0}}", "--num-epochs=4"])  # fmt: skip
+    assert list(stub_stages) == ["data", "features", "inject", "quantize"]
+    seeds = {name: argv[argv.index("--seed") + 1] for name, argv in stub_stages.items() if "--seed" in argv}
+    assert seeds == {"features": "3", "inject": "3", "quantize": "3"}  # prepare_data takes no seed
+    assert "--no_use_text" in stub_stages["inject"] and "--num-epochs=4" in stub_stages["inject"]
+    assert not any("--masking" in argv for argv in stub_stages.values())  # a pretraining flag, and it stopped before
+    assert stub_stages["quantize"][:2] == ["--config", SMOKE]
+
+
+def test_a_flag_no_stage_takes_is_refused_before_anything_runs(stub_stages, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        pipeline.main(["--config", SMOKE, "--output_dir", str(tmp_path / "out"), "--sed", "3"])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--sed: no stage takes it (did you mean --seed?)" in error
+    assert " --hidden_size " in error and " --seed " in error and " --dataset_dir " not in error  # the known flags
+    with pytest.raises(SystemExit):  # set by the pipeline, from --output_dir
+        pipeline.main(["--config", SMOKE, "--output_dir", str(tmp_path / "out"), "--dataset_dir", "elsewhere"])
+    assert "--dataset_dir: the pipeline sets it" in capsys.readouterr().err
+    assert stub_stages == {} and not (tmp_path / "out").exists()
+
+
+def test_a_bad_value_of_a_later_stage_is_refused_before_the_first_stage_runs(stub_stages, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        pipeline.main(["--config", SMOKE, "--output_dir", str(tmp_path), "--learning_rate", "fast"])
+    assert "--learning_rate: invalid float value: 'fast'" in capsys.readouterr().err and stub_stages == {}
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ("pretrian:\n  num_epochs: 1\n", r"unknown section\(s\) pretrian"),
+        ("pretrain:\n  num_epoch: 1\n", r"section 'pretrain': num_epoch \(did you mean num_epochs\?\)"),
+        ("finetune:\n  hiden_dropout_prob: 0.1\n", r"unknown key\(s\) in section 'finetune': hiden_dropout_prob"),
+        ("pipeline:\n  stop_afer: data\n", r"unknown key\(s\) in section 'pipeline': stop_afer"),
+        ("id_baselines:\n  pretrain: {num_epoch: 40}\n", r"id_baselines: unknown key\(s\) in section 'pretrain'"),
+        ("id_baselines:\n  inject: {dim: 8}\n", r"id_baselines may hold pretrain and finetune mappings only"),
+    ],
+)
+def test_a_typo_in_any_section_is_refused_before_the_first_stage_runs(stub_stages, tmp_path, config, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data:\n  max_users: 10\n" + config)
+    with pytest.raises(ValueError, match=message):
+        pipeline.main(["--config", str(path), "--output_dir", str(tmp_path / "out")])
+    assert stub_stages == {} and not (tmp_path / "out").exists()
+
+
+def test_id_baselines_section_of_the_shipped_configs_is_accepted(stub_stages, tmp_path):
+    pipeline.main(["--config", str(REPO_ROOT / "configs" / "beauty.yaml"), "--output_dir", str(tmp_path),
+                   "--stop_after", "data"])  # fmt: skip
+    assert list(stub_stages) == ["data"]
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, beauty_dir):
     out = tmp_path_factory.mktemp("smoke")
-    pipeline.main(["--config", SMOKE, "--output_dir", str(out)])
+    pipeline.main(["--config", SMOKE, "--output_dir", str(out), *SLICE])
     return out
 
 
@@ -32,8 +103,11 @@ def test_smoke_pipeline_ends_with_a_loadable_model_and_metrics(smoke_run):
     assert metrics["num_users"] == summary["users"] == 300
     assert metrics["num_items"] == summary["items"]
     assert set(metrics["seconds_per_stage"]) == set(pipeline.STAGES)
+    popular = metrics["most_popular"]
+    assert popular["num_users"] == metrics["num_users"]  # the same test users
     for key in ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr"):
-        assert 0.0 <= metrics[key] <= 1.0
+        assert 0.0 <= metrics[key] <= 1.0 and 0.0 <= popular[key] <= 1.0
+    assert popular["recall@20"] > 0  # most-popular finds some targets of the slice
     stats = json.loads((smoke_run / "semantic_ids" / "codebook_stats.json").read_text())
     assert stats["num_items"] == summary["items"] and stats["levels"][-1]["distinct_prefixes"] == summary["items"]
     tok = AutoTokenizer.from_pretrained(smoke_run / "final", trust_remote_code=True)
@@ -50,14 +124,15 @@ def test_code_embeddings_from_the_real_codebooks_keep_stage_2_neighbours(smoke_r
     import torch.nn.functional as F
 
     from tokenization_semantic_id import SemanticIdTokenizer
-    from training.pretrain import ModelArgs, build_model, init_code_embeddings
+    from training.pretrain import ModelSettings, build_model, init_code_embeddings
     from training.quantize import load_codebooks
 
     tokenizer = SemanticIdTokenizer.from_pretrained(smoke_run / "semantic_ids")
-    model = build_model(ModelArgs(hidden_size=32, num_attention_heads=2, intermediate_size=64, max_len=20), tokenizer)
+    settings = ModelSettings(hidden_size=32, num_attention_heads=2, intermediate_size=64, max_position_embeddings=20)
+    model = build_model(settings, tokenizer)
     codebooks = load_codebooks(smoke_run / "semantic_ids")
     init_code_embeddings(model, codebooks, std=0.06, seed=0)
-    rows = tokenizer.item_codes[:, :2] + model._level_offsets()[:2]
+    rows = model.code_tokens(torch.arange(tokenizer.num_items))[:, :2]
     items = F.normalize(model.qbert4rec.embeddings.code_embeddings.weight[rows].sum(1).detach(), dim=-1)
     similarity = items @ items.T
     same_first_code = tokenizer.item_codes[:, :1] == tokenizer.item_codes[:, 0]
@@ -88,19 +163,18 @@ def test_neighbours_benchmark_reads_every_representation_of_the_pipeline(smoke_r
     assert report["rows"]["stage 1 fused vectors"]["ndcg@10"] == pytest.approx(ndcg / len(test), abs=1e-6)
 
 
-def test_second_run_skips_finished_stages(smoke_run, capsys):
+def test_second_run_skips_finished_stages_and_prints_the_model_beside_most_popular(smoke_run, capsys):
     before = json.loads((smoke_run / "timings.json").read_text())
-    pipeline.main(["--config", SMOKE, "--output_dir", str(smoke_run)])
+    metrics = pipeline.main(["--config", SMOKE, "--output_dir", str(smoke_run), *SLICE])
     printed = capsys.readouterr().out
     assert all(f"[pipeline] {stage}: done already" in printed for stage in pipeline.STAGES)
     assert json.loads((smoke_run / "timings.json").read_text()) == before
-
-
-def test_unknown_config_section_is_refused(tmp_path):
-    config = tmp_path / "bad.yaml"
-    config.write_text("pretrian:\n  num_epochs: 1\n")
-    with pytest.raises(ValueError, match=r"unknown section\(s\) pretrian"):
-        pipeline.main(["--config", str(config), "--output_dir", str(tmp_path / "out")])
+    after = printed.split("[pipeline] test: 300 users, candidates: all items (history items kept), ", 1)[1]
+    table = after.splitlines()[1:4]
+    assert table[0].split() == ["R@5", "R@10", "R@20", "N@5", "N@10", "N@20", "MRR"]
+    assert table[1].split()[0] == "Q-Bert4Rec" and float(table[1].split()[5]) == round(metrics["ndcg@10"], 4)
+    assert table[2].split()[0] == "most-popular"
+    assert float(table[2].split()[5]) == round(metrics["most_popular"]["ndcg@10"], 4)
 
 
 def _pretrain_command(smoke_run, output_dir):

@@ -152,6 +152,36 @@ def test_in_process_auto_classes_give_the_same_recommendations(checkpoint):
     assert tok.decode_items(out.item_indices) == expected["item_ids"]
 
 
+def test_a_model_saved_alone_carries_the_catalogue_code(checkpoint, tmp_path):
+    """`modeling_qbert4rec.py` asks `tokenization_semantic_id.py` for the catalogue's facts (padding and mask indices,
+    code token ids), so `save_pretrained` of the model alone copies that file too, and the folder loads by itself."""
+    folder, histories, expected = checkpoint
+    QBert4RecForMaskedItemModeling.from_pretrained(folder).save_pretrained(tmp_path)
+    assert {p.name for p in tmp_path.glob("*.py")} == {
+        "configuration_qbert4rec.py", "modeling_qbert4rec.py", "tokenization_semantic_id.py"
+    }
+    model = AutoModel.from_pretrained(tmp_path, trust_remote_code=True)
+    assert type(model).__module__.startswith("transformers_modules.")
+    tok = SemanticIdTokenizer.from_pretrained(folder)
+    out = model.recommend(**tok(histories, return_tensors="pt"), top_k=TOP_K)
+    assert tok.decode_items(out.item_indices) == expected["item_ids"]
+
+
+def test_the_checkpoints_own_code_explains_user_errors(checkpoint):
+    """The errors a user meets first, raised by the checkpoint's copies of the code."""
+    folder, histories, _ = checkpoint
+    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True)
+    assert type(tok).__module__.startswith("transformers_modules.")
+    with pytest.raises(TypeError, match=r"item_indices must be a tensor, got list: call the tokenizer with "
+                                        r"return_tensors='pt'"):
+        model.recommend(**tok(histories))
+    with pytest.raises(TypeError, match=r"item ids are strings .*got int 3: pass '3'"):
+        tok([[3]])
+    with pytest.raises(ValueError, match=r"1 of 2 histories \(first: 1\) hold no known item"):
+        tok([histories[0], ["NOT-AN-ASIN"]], unknown_items="skip", empty_histories="error")
+
+
 def test_clean_process_loads_the_checkpoint_folder(checkpoint, tmp_path):
     folder, histories, expected = checkpoint
     local = tmp_path / "tiny-checkpoint"

@@ -115,7 +115,8 @@ def config_dataclass(config_class, exclude: tuple[str, ...] = (), name: str | No
         if parameter.default is parameter.empty:
             spec = dataclasses.field(metadata={**metadata, "required": True})
         elif isinstance(parameter.default, (dict, list, set)):
-            spec = dataclasses.field(default_factory=functools.partial(copy.deepcopy, parameter.default), metadata=metadata)
+            fresh_default = functools.partial(copy.deepcopy, parameter.default)
+            spec = dataclasses.field(default_factory=fresh_default, metadata=metadata)
         else:
             spec = dataclasses.field(default=parameter.default, metadata=metadata)
         default_type = type(parameter.default) if parameter.default not in (parameter.empty, None) else str
@@ -148,10 +149,10 @@ def section_values(config: dict, section: str | None, dataclass_types, source="c
     allowed = argument_names(*dataclass_types)
     unknown = [key for key in values if key not in allowed]
     if unknown:
-        named = [key + "".join(f" (did you mean {m}?)" for m in difflib.get_close_matches(key, allowed, n=1)) for key in unknown]
-        raise ValueError(
-            f"{source}: unknown key(s) in section '{section}': {', '.join(named)}. Allowed: {', '.join(sorted(allowed))}"
-        )
+        named = [key + "".join(f" (did you mean {m}?)" for m in difflib.get_close_matches(key, allowed, n=1))
+                 for key in unknown]  # fmt: skip
+        raise ValueError(f"{source}: unknown key(s) in section '{section}': {', '.join(named)}. "
+                         f"Allowed: {', '.join(sorted(allowed))}")
     return values
 
 
@@ -162,16 +163,16 @@ def flag_name(flag: str) -> str:
 
 def declares(dataclass_types, flag: str) -> bool:
     """Whether `parse_args(..., *dataclass_types)` takes `flag` (`--seed`, `--seed=3`, `--no_cache`, `--batch-size`)."""
-    name = flag_name(flag)
-    hints = {name: hint for t in dataclass_types for name, hint in typing.get_type_hints(t).items()}
-    fields = argument_names(*dataclass_types)
-    return name in fields or (name.startswith("no_") and name[3:] in fields and hints[name[3:]] is bool)
+    name, fields = flag_name(flag), argument_names(*dataclass_types)
+    if name in fields:
+        return True
+    hints = {field: hint for t in dataclass_types for field, hint in typing.get_type_hints(t).items()}
+    return name.startswith("no_") and name[3:] in fields and hints[name[3:]] is bool
 
 
 def as_flags(settings: dict | None) -> list[str]:
-    """Config settings as command-line flags: `{"num_epochs": 40, "fp16": False}` -> `["--num_epochs", "40", "--fp16", "false"]`.
-
-    A list gives one word per element, a mapping its JSON text."""
+    """Config settings as command-line flags: `{"num_epochs": 40, "fp16": False}` -> `["--num_epochs", "40",
+    "--fp16", "false"]`. A list gives one word per element, a mapping its JSON text."""
     flags = []
     for key, value in (settings or {}).items():
         if isinstance(value, bool):
@@ -270,7 +271,8 @@ def field_default(f: dataclasses.Field):
 
 def is_required(f: dataclasses.Field) -> bool:
     """Whether a field says `metadata={"required": True}` or has no default."""
-    return f.metadata.get("required", False) or (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+    no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    return f.metadata.get("required", False) or no_default
 
 
 def build_parser(
@@ -312,7 +314,8 @@ def build_parser(
             )
             action.option_strings = spellings[:1]  # listed (and named in errors) once; the parser still takes both
             if hints[f.name] is bool:
-                group.add_argument(f"--no_{f.name}", dest=f.name, action="store_false", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+                group.add_argument(f"--no_{f.name}", dest=f.name, action="store_false", default=argparse.SUPPRESS,
+                                   help=argparse.SUPPRESS)  # fmt: skip
             if required:
                 required_flags.append(f"--{f.name} {action.metavar or f.name.upper()}")
     parser.usage = " ".join(["%(prog)s [-h] [--config FILE]", *required_flags, "[flags]"])

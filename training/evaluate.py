@@ -35,6 +35,8 @@ from tqdm.auto import tqdm
 if __package__ in (None, ""):  # `python training/evaluate.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from modeling_qbert4rec import history_exclusion
+
 DEFAULT_KS = (5, 10, 20)
 
 
@@ -137,13 +139,6 @@ def aggregate(per_user: dict[str, torch.Tensor]) -> dict[str, float]:
     if len(sizes) != 1:
         raise ValueError(f"per-user metrics have different lengths: {sorted(sizes)}")
     return {name: float(values.double().mean()) for name, values in per_user.items()}
-
-
-def history_exclusion(item_indices: torch.Tensor, num_items: int) -> torch.Tensor:
-    """Bool `(B, num_items)`: True for every item in the user's history `(B, T)` (padding / masked ignored)."""
-    exclude = torch.zeros(item_indices.shape[0], num_items + 2, dtype=torch.bool, device=item_indices.device)
-    exclude.scatter_(1, item_indices.clamp(0, num_items + 1), True)
-    return exclude[:, :num_items]
 
 
 def _module_device(model) -> torch.device:

@@ -1,4 +1,4 @@
-"""Stage 1 of Q-Bert4Rec: cross-modal semantic injection (DESIGN.md §1, arXiv 2512.02474).
+"""Stage 1 of Q-Bert4Rec: cross-modal semantic injection (docs/method.md §1.1, arXiv 2512.02474).
 
 Each item owns a learnable ID vector `q_i`, the query of a small dynamic cross-modal Transformer:
 

@@ -60,7 +60,8 @@ METRIC_COLUMNS = {"recall@5": "R@5", "recall@10": "R@10", "recall@20": "R@20", "
 
 
 def split_flags(argv: list[str]) -> list[list[str]]:
-    """`argv` as one list per flag, the flag then its values: `["--seed", "3", "--fp16"]` -> `[["--seed", "3"], ["--fp16"]]`."""
+    """`argv` as one list per flag, the flag then its values: `["--seed", "3", "--fp16"]` -> `[["--seed", "3"],
+    ["--fp16"]]`."""
     chunks = []
     for word in argv:
         if word.startswith("--") or word == "-h" or not chunks:
@@ -91,7 +92,8 @@ def stage_plan(config_path: str | None, out: Path, overrides: list[list[str]] = 
         "pretrain": (["--dataset_dir", str(data), "--semantic_ids_dir", str(sids), "--output_dir", str(pretrained),
                       "--resume_from_checkpoint", "latest"], pretrained / "final" / "model.safetensors"),
         "finetune": (["--dataset_dir", str(data), "--pretrained_dir", str(pretrained / "final"),
-                      "--output_dir", str(finetuned), "--resume_from_checkpoint", "latest"], finetuned / "metrics.json"),
+                      "--output_dir", str(finetuned), "--resume_from_checkpoint", "latest"],
+                     finetuned / "metrics.json"),
     }  # fmt: skip
     plan = []
     for module in STAGE_MODULES:
@@ -108,7 +110,7 @@ def check_overrides(overrides: list[list[str]]) -> str | None:
         if flag_name(flag) in wired:
             return f"{flag}: the pipeline sets it for each stage (from --output_dir)"
         if not any(declares(module.ARGUMENT_TYPES, flag) for module in STAGE_MODULES):
-            known = sorted({name for module in STAGE_MODULES for name in argument_names(*module.ARGUMENT_TYPES)} - wired)
+            known = sorted({n for module in STAGE_MODULES for n in argument_names(*module.ARGUMENT_TYPES)} - wired)
             guess = "".join(f" (did you mean --{m}?)" for m in difflib.get_close_matches(flag_name(flag), known, n=1))
             return f"{flag}: no stage takes it{guess}. The stages take --{' --'.join(known)}"
     return None
@@ -202,7 +204,8 @@ def main(argv=None) -> dict | None:
     metrics["seconds_per_stage"] = timings
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(f"[pipeline] model: {out / 'final'}  metrics: {out / 'metrics.json'}")
-    print(f"[pipeline] test: {metrics['num_users']:,} users, {metrics['candidates']} ranked ({metrics['num_items']:,} items)")
+    print(f"[pipeline] test: {metrics['num_users']:,} users, candidates: {metrics['candidates']}, "
+          f"{metrics['num_items']:,} items")
     print(metrics_table({"Q-Bert4Rec": metrics, "most-popular": metrics["most_popular"]}))
     return metrics
 
