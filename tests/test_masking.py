@@ -235,8 +235,6 @@ def test_check_masking_refuses_a_bad_mix(masking, message):
         MultiMaskCollator(num_items=NUM_ITEMS, masking=masking)  # refused when built, before the first batch
 
 
-@pytest.mark.xfail(strict=True, reason="check_masking validates `ratio` only: k=0 or num_regions=0 passes it and is "
-                                        "refused by the strategy at the first batch, not when the collator is built")
 @pytest.mark.parametrize("masking", [{"tail": {"prob": 1.0, "k": 0}}, {"multi_region": {"prob": 1.0, "num_regions": 0}}])
 def test_check_masking_refuses_bad_strategy_options_up_front(masking):
     with pytest.raises(ValueError, match=r"must be >= 1, got 0"):

@@ -231,8 +231,8 @@ def check_masking(masking: dict, tolerance: float = 1e-6) -> dict:
         if not prob >= 0:
             raise ValueError(f"probability of masking strategy '{name}' must be >= 0, got {prob}")
         options = {**allowed, **{k: v for k, v in settings.items() if k != "prob"}}
-        if "ratio" in options:
-            _check_ratio(options["ratio"])
+        MASKING_STRATEGIES[name](torch.ones(1, 2, dtype=torch.bool), generator=torch.Generator(), **options)  # the
+        # strategy refuses its own bad options (a ratio outside (0, 1], k < 1, ...) now, not at the first batch
         mix[name] = (float(prob), options)
     total = sum(prob for prob, _ in mix.values())
     if abs(total - 1.0) > tolerance:
