@@ -116,13 +116,13 @@ def main(argv=None):
     max_len = settings.max_position_embeddings
     accelerator = make_accelerator(loop_args, "pretrain")
     tokenizer = SemanticIdTokenizer.from_pretrained(args.semantic_ids_dir, max_len=max_len - 1)
-    model = build_model(settings, tokenizer)  # validates the settings before any data is read
     collator = MultiMaskCollator(num_items=tokenizer.num_items, max_len=max_len, masking=args.masking,
                                  seed=loop_args.seed, process_index=accelerator.process_index)
     with accelerator.main_process_first():
         sequences = load_sequences(args.dataset_dir)
         train_dataset = encode_split(sequences["train"], tokenizer).select_columns(["item_indices"])
         validation = encode_split(sequences["validation"], tokenizer)
+    model = build_model(settings, tokenizer)
     if loop_args.max_train_sequences:
         train_dataset = train_dataset.select(range(min(loop_args.max_train_sequences, len(train_dataset))))
     if args.code_embedding_init == "codebooks":

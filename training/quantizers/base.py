@@ -146,8 +146,10 @@ class Quantizer(nn.Module, ABC):
             )
         if config["method"] not in QUANTIZERS:
             raise ValueError(f"{directory}: unknown quantiser {config['method']!r}; known: {', '.join(QUANTIZERS)}")
-        quantizer = QUANTIZERS[config["method"]](
-            config["input_dim"], config["num_codebooks"], config["codebook_size"], **config["settings"]
-        )
+        with torch.random.fork_rng(devices=[]):  # the initial weights, replaced below, must not move the caller's
+            # random stream: pretraining's dropout and masks would differ from a run that never loaded the quantiser
+            quantizer = QUANTIZERS[config["method"]](
+                config["input_dim"], config["num_codebooks"], config["codebook_size"], **config["settings"]
+            )
         quantizer.load_state_tensors(load_file(str(weights)))
         return quantizer.eval()
