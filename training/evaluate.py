@@ -35,7 +35,13 @@ from tqdm.auto import tqdm
 if __package__ in (None, ""):  # `python training/evaluate.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from transformers import AutoModel, AutoTokenizer
+
 from modeling_qbert4rec import history_exclusion
+from training.config import parse_args
+from training.masking import HistoryCollator
+from training.prepared import load_sequences
+from training.sequences import encode_split
 
 DEFAULT_KS = (5, 10, 20)
 
@@ -384,13 +390,6 @@ ARGUMENT_TYPES = (EvaluateArgs,)
 
 def main(argv=None) -> dict:
     """Evaluate a checkpoint with full ranking on a split; prints and saves the metrics."""
-    from transformers import AutoModel, AutoTokenizer
-
-    from training.config import parse_args
-    from training.masking import HistoryCollator
-    from training.prepared import load_sequences
-    from training.sequences import encode_split
-
     (args,) = parse_args(argv, *ARGUMENT_TYPES, section=SECTION, description=__doc__)
     if args.split not in ("validation", "test"):
         raise ValueError(f"--split must be 'validation' or 'test', got {args.split!r}")
