@@ -38,6 +38,15 @@ class QBert4RecConfig(PretrainedConfig):
         seen_item_bias (`bool`, defaults to `False`): learn one logit added to the score of every item already in the
             history (trained by the catalogue loss, so it needs `loss_type` `"items"` or `"codes+items"`). Items stay
             candidates; on data where users never buy an item twice, the logit learns to push them down.
+        item_embedding_dropout (`float`, defaults to 0.0): with `use_item_embedding`, the share of items whose item-ID
+            embedding is replaced by one learned unknown-item vector in each training step (in histories and, with
+            `score_item_embedding`, in the catalogue scores), so the model also learns to rank items from their codes
+            alone; `add_items` can give new items that vector.
+        item_encoder (`dict`, *optional*): settings of the item encoder shipped with the checkpoint (stage 1's content
+            path and stage 2's encoder, `quantization_qbert4rec.item_encoder_settings`): which text encoder and
+            fields made the features, the modality sizes, the injector and quantiser sizes. `None`: the checkpoint
+            cannot give new items semantic IDs.
+        retired_items (`list[int]`, *optional*): item indices retired with `retire_items`: never recommended.
         item_table_fingerprint (`str`, *optional*): `SemanticIdTokenizer.table_fingerprint` of the catalogue the model
             was trained on (item ids and codes); `check_tokenizer` compares it.
         pad_token_id (`int`, defaults to 0), mask_token_id (`int`, defaults to 1), unk_token_id (`int`, defaults to 2),
@@ -67,6 +76,9 @@ class QBert4RecConfig(PretrainedConfig):
         loss_type: str = "codes+items",
         is_causal: bool = False,
         seen_item_bias: bool = False,
+        item_embedding_dropout: float = 0.0,
+        item_encoder: dict | None = None,
+        retired_items: list | None = None,
         item_table_fingerprint: str | None = None,
         pad_token_id: int = 0,
         mask_token_id: int = 1,
@@ -99,6 +111,10 @@ class QBert4RecConfig(PretrainedConfig):
         for name, p in (("hidden_dropout_prob", hidden_dropout_prob), ("attention_probs_dropout_prob", attention_probs_dropout_prob)):
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {p}")
+        if not 0.0 <= item_embedding_dropout < 1.0:
+            raise ValueError(f"item_embedding_dropout must be in [0, 1), got {item_embedding_dropout}")
+        if item_embedding_dropout and not use_item_embedding:
+            raise ValueError("item_embedding_dropout needs use_item_embedding=True")
         if hidden_act not in ("gelu", "relu"):
             raise ValueError(f"hidden_act must be 'gelu' or 'relu', got {hidden_act!r}")
         if score_item_embedding and not use_item_embedding:
@@ -134,6 +150,9 @@ class QBert4RecConfig(PretrainedConfig):
         self.loss_type = loss_type
         self.is_causal = is_causal
         self.seen_item_bias = seen_item_bias
+        self.item_embedding_dropout = item_embedding_dropout
+        self.item_encoder = item_encoder
+        self.retired_items = list(retired_items or [])
         self.item_table_fingerprint = item_table_fingerprint
         self.mask_token_id = mask_token_id
         self.unk_token_id = unk_token_id

@@ -26,11 +26,18 @@ from transformers.utils import ModelOutput
 
 try:  # inside a checkpoint (remote code) the files form a package
     from .configuration_qbert4rec import QBert4RecConfig
+    from .quantization_qbert4rec import ItemEncoder, content_features, load_text_encoder, new_item_problems, prefix_mean_rows
     from .tokenization_semantic_id import code_token_ids, mask_index, padding_index
 except ImportError:  # installed as flat modules (pip install -e .)
     from configuration_qbert4rec import QBert4RecConfig
+    from quantization_qbert4rec import ItemEncoder, content_features, load_text_encoder, new_item_problems, prefix_mean_rows
     from tokenization_semantic_id import code_token_ids, mask_index, padding_index
 
+
+# How `add_items` gives new items an item-ID embedding (models with `use_item_embedding`): `prefix_mean` = the mean
+# embedding of the items sharing the longest prefix of the new item's semantic codes; `unknown` = the unknown-item
+# vector learned with `item_embedding_dropout`; `zero` = none (the item is scored from its codes alone).
+NEW_ITEM_EMBEDDINGS = ("prefix_mean", "unknown", "zero")
 
 # Rows of catalogue logits alive at once in the training loss: one reused buffer of 64 x 12,101 floats (3.1 MB) on
 # Beauty, whatever the number of labelled positions.
@@ -150,8 +157,22 @@ class QBert4RecEmbeddings(nn.Module):
             if config.use_item_embedding
             else None
         )
+        # The vector that stands for an item-ID embedding dropped in training (`item_embedding_dropout`).
+        self.unknown_item_embedding = (
+            nn.Parameter(torch.zeros(config.hidden_size)) if config.item_embedding_dropout > 0 else None
+        )
+        self.item_embedding_dropout = config.item_embedding_dropout
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def drop_item_embeddings(self, item_embeddings, item_indices, num_items):
+        """In training, replace each item's ID embedding `(..., H)` at `item_indices` `(...)` by the unknown-item
+        vector with probability `item_embedding_dropout` (padding and `[MASK]` rows untouched)."""
+        if not (self.training and torch.is_grad_enabled() and self.item_embedding_dropout > 0):
+            return item_embeddings
+        drop = (torch.rand(item_indices.shape, device=item_indices.device) < self.item_embedding_dropout)
+        drop &= item_indices < num_items
+        return torch.where(drop[..., None], self.unknown_item_embedding.to(item_embeddings.dtype), item_embeddings)
 
     def forward(self, input_ids, attention_mask, item_indices=None, inputs_embeds=None):
         """`input_ids` `(B, T, L)`, `attention_mask` `(B, T)`, `item_indices` `(B, T)` -> `(B, T, H)`.
@@ -163,7 +184,9 @@ class QBert4RecEmbeddings(nn.Module):
             if self.item_embeddings is not None:
                 if item_indices is None:
                     raise ValueError("this model adds item-ID embeddings (use_item_embedding=True): pass item_indices")
-                embeddings = embeddings + self.item_embeddings(item_indices)
+                num_items = self.item_embeddings.padding_idx  # padding_index(num_items) is num_items
+                embeddings = embeddings + self.drop_item_embeddings(self.item_embeddings(item_indices), item_indices,
+                                                                    num_items)
         # Position 0 is the newest item; padding positions get 0 too, but they are never attended to.
         from_end = attention_mask.flip(1).cumsum(1).flip(1) - 1  # (B, T)
         position_ids = from_end.clamp(0, self.position_embeddings.num_embeddings - 1)
@@ -363,6 +386,8 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
         self.head = QBert4RecPredictionHead(config)
         # The catalogue: codes of every item in index order, saved with the weights.
         self.register_buffer("item_codes", torch.zeros(config.num_items, config.num_codebooks, dtype=torch.long))
+        # Stage 1's content path and stage 2's encoder, for new items (`add_items`); saved with the weights.
+        self.item_encoder = ItemEncoder(config.item_encoder) if config.item_encoder else None
         self.post_init()
 
     @classmethod
@@ -411,6 +436,81 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
                 "tokenizer and model were built for different item tables: same codes, but other item ids or another "
                 "order (table fingerprints differ); load both from the same checkpoint"
             )
+
+    def add_items(self, tokenizer, items, text_encoder=None, item_embeddings="prefix_mean", batch_size=64,
+                  progress=True):
+        """Add new items to the catalogue from their content alone; they are candidates at once. Extends this model
+        and `tokenizer` in place (save both to keep them).
+
+        Args:
+            tokenizer: the checkpoint's `SemanticIdTokenizer`.
+            items: dicts with an `item_id` and content: the text fields the checkpoint was trained with (e.g. `title`,
+                `brand`, `categories`), and/or precomputed `text_vector` / `image_vector`.
+            text_encoder: HF id or local folder of the text encoder (default: the one `config.item_encoder` records).
+            item_embeddings: with item-ID embeddings, what new items get (`NEW_ITEM_EMBEDDINGS`).
+            batch_size: texts per encoder batch. progress: show a progress bar while encoding.
+
+        Returns:
+            the new items' semantic IDs, one list of `num_codebooks` codes per item; an item whose semantic codes
+            collide with an existing item's gets the smallest free disambiguation code. Bad input raises
+            `ValueError` naming every problem, and nothing changes.
+        """
+        if self.item_encoder is None:
+            raise ValueError(
+                "this checkpoint has no item encoder (stage 1's content path and stage 2's encoder; config.item_encoder "
+                "is empty): it was saved before new items were supported. With the run's folders, add it with "
+                "python training/item_encoder.py --model_dir DIR --features_dir FEAT --inject_dir INJ "
+                "--semantic_ids_dir SID"
+            )
+        if item_embeddings not in NEW_ITEM_EMBEDDINGS:
+            raise ValueError(f"item_embeddings must be one of {NEW_ITEM_EMBEDDINGS}, got {item_embeddings!r}")
+        if item_embeddings == "unknown" and self.qbert4rec.embeddings.unknown_item_embedding is None:
+            raise ValueError("item_embeddings='unknown' needs a model trained with item_embedding_dropout > 0")
+        self.check_tokenizer(tokenizer)
+        items = list(items)
+        if not items:
+            raise ValueError("items is empty: pass at least one item")
+        problems = new_item_problems(items, self.config.item_encoder, set(tokenizer.item_ids))
+        if problems:
+            raise ValueError(f"{len(problems)} problem(s) with the new items, nothing was added:\n  " + "\n  ".join(problems))
+        encode = load_text_encoder(self.config.item_encoder, text_encoder, batch_size, progress)
+        features, masks = content_features(items, self.config.item_encoder, encode)
+        device = self.item_codes.device
+        _, semantic_codes = self.item_encoder({m: f.to(device) for m, f in features.items()},
+                                              {m: k.to(device) for m, k in masks.items()})
+        new_codes = tokenizer.add_items([item["item_id"] for item in items], semantic_codes.cpu())
+        self._grow_catalogue(new_codes.to(device), item_embeddings)
+        self.config.item_table_fingerprint = tokenizer.table_fingerprint
+        return new_codes.tolist()
+
+    def retire_items(self, tokenizer, item_ids):
+        """Retire items: never recommended again (their scores are `-inf`); histories may still hold them. Updates
+        this model and `tokenizer` in place. An unknown id, or retiring every item, raises and changes nothing."""
+        self.check_tokenizer(tokenizer)
+        indices = tokenizer.retire_items(item_ids)
+        self.config.retired_items = sorted(set(self.config.retired_items) | set(indices))
+        self.config.item_table_fingerprint = tokenizer.table_fingerprint
+
+    @torch.no_grad()
+    def _grow_catalogue(self, new_codes, item_embeddings):
+        """Append items with codes `new_codes` `(n, num_codebooks)`: the `item_codes` rows, and with item-ID
+        embeddings their rows (inserted before the padding and `[MASK]` rows, which move to the new end)."""
+        old, new = self.config.num_items, self.config.num_items + len(new_codes)
+        embeddings = self.qbert4rec.embeddings
+        if embeddings.item_embeddings is not None:
+            weight = embeddings.item_embeddings.weight
+            if item_embeddings == "prefix_mean":
+                rows = prefix_mean_rows(self.item_codes[:, :-1], new_codes[:, :-1], weight[:old])
+            elif item_embeddings == "unknown":
+                rows = embeddings.unknown_item_embedding.expand(len(new_codes), -1)
+            else:
+                rows = weight.new_zeros(len(new_codes), weight.shape[1])
+            grown = nn.Embedding(mask_index(new) + 1, weight.shape[1], padding_idx=padding_index(new))
+            grown.weight.copy_(torch.cat([weight[:old], rows, weight[old:]]))
+            embeddings.item_embeddings = grown.to(weight.device, weight.dtype)
+        self.item_codes = torch.cat([self.item_codes, new_codes])
+        self.config.num_items = new
+        self._cached_item_table = self._cached_input_table = None
 
     def code_tokens(self, item_indices):
         """Item indices `(...)` -> the code token ids `(..., num_codebooks)` of each item; padding and `[MASK]`
@@ -463,7 +563,10 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
             tokens = code_token_ids(self.item_codes, self.config.codebook_size)  # (num_items, L)
             item_embeddings = embeddings.code_embeddings(tokens).sum(1)  # (num_items, L, H) -> (num_items, H)
             if self.config.score_item_embedding:
-                item_embeddings = item_embeddings + embeddings.item_embeddings.weight[: self.config.num_items]
+                every_item = torch.arange(self.config.num_items, device=tokens.device)
+                ids = embeddings.drop_item_embeddings(embeddings.item_embeddings.weight[: self.config.num_items],
+                                                      every_item, self.config.num_items)
+                item_embeddings = item_embeddings + ids
             levels = torch.arange(self.config.num_codebooks, device=self.item_codes.device)
             return item_embeddings, self.head.bias[levels, self.item_codes].sum(1)
 
@@ -598,11 +701,17 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
         of each row's history `item_indices` `(M, T)`, which it then needs. Evaluation, `recommend` and (blockwise)
         the training loss score items through `catalogue_scores`."""
         if self.head.seen_item_bias is None:
-            return catalogue_scores(states, *self._item_table())
-        if item_indices is None:
+            scores = catalogue_scores(states, *self._item_table())
+        elif item_indices is None:
             raise ValueError("this model adds a learned logit to history items (seen_item_bias=True): pass item_indices")
-        columns, weights = seen_item_columns(item_indices, self.config.num_items)
-        return catalogue_scores(states, *self._item_table(), columns, weights * self.head.seen_item_bias.to(states.dtype))
+        else:
+            columns, weights = seen_item_columns(item_indices, self.config.num_items)
+            seen_values = weights * self.head.seen_item_bias.to(states.dtype)
+            scores = catalogue_scores(states, *self._item_table(), columns, seen_values)
+        if self.config.retired_items:  # never recommended
+            retired = torch.tensor(self.config.retired_items, device=scores.device)
+            scores = scores.index_fill(1, retired, -math.inf)
+        return scores
 
     def score_items(self, item_indices, attention_mask=None, **kwargs):
         """Score every item as the next one after each history.
@@ -628,8 +737,10 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
         Returns:
             [`QBert4RecRecommendationOutput`] with `item_indices` and `scores`, each `(batch, top_k)`.
         """
-        if not 1 <= top_k <= self.config.num_items:
-            raise ValueError(f"top_k must be in [1, num_items={self.config.num_items}], got {top_k}")
+        candidates = self.config.num_items - len(self.config.retired_items)
+        if not 1 <= top_k <= candidates:
+            raise ValueError(f"top_k must be in [1, {candidates}] (the catalogue's {self.config.num_items} items, less "
+                             f"{len(self.config.retired_items)} retired), got {top_k}")
         scores = self.score_items(item_indices, attention_mask)
         if exclude_history:
             scores = scores.masked_fill(history_exclusion(item_indices, self.config.num_items), -math.inf)

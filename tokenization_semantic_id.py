@@ -119,6 +119,12 @@ def _validate_table(table: dict, source: str) -> None:
                 "every item needs a unique tuple (add a disambiguation level)"
             )
         owner[key] = item_id
+    retired = table.get("retired", [])
+    unknown = set(retired) - set(item_ids)
+    if unknown:
+        raise ValueError(f"{source}: retired item(s) {sorted(unknown)[:5]} are not in the table")
+    if retired and len(set(retired)) == len(item_ids):
+        raise ValueError(f"{source}: every item is retired")
 
 
 class SemanticIdTokenizer(PreTrainedTokenizer):
@@ -162,6 +168,7 @@ class SemanticIdTokenizer(PreTrainedTokenizer):
         self._item_ids = list(table["item_ids"])
         self._item_index = {item_id: i for i, item_id in enumerate(self._item_ids)}
         self.item_codes = torch.tensor(table["codes"], dtype=torch.long)  # (num_items, num_codebooks)
+        self._retired = [item_id for item_id in self._item_ids if item_id in set(table.get("retired", []))]
         self.max_len = max_len
         self.unknown_items = unknown_items
         self._vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
@@ -228,6 +235,8 @@ class SemanticIdTokenizer(PreTrainedTokenizer):
             "item_ids": self._item_ids,
             "codes": self.item_codes.tolist(),
         }
+        if self._retired:
+            table["retired"] = self._retired
         with open(path, "w", encoding="utf-8") as f:
             json.dump(table, f)
         return (path,)
@@ -243,10 +252,71 @@ class SemanticIdTokenizer(PreTrainedTokenizer):
         return len(self._item_ids)
 
     @property
+    def retired_items(self) -> list:
+        """Item ids retired with `retire_items`, in item index order: histories may hold them, they are never
+        recommended."""
+        return list(self._retired)
+
+    @property
     def table_fingerprint(self) -> str:
-        """sha256 of the item table (ids and codes): equal fingerprints mean the same catalogue and semantic IDs."""
-        digest = hashlib.sha256(json.dumps([self._item_ids, self.item_codes.tolist(), self.codebook_size]).encode())
-        return digest.hexdigest()
+        """sha256 of the item table (ids, codes and retired items): equal fingerprints mean the same catalogue."""
+        table = [self._item_ids, self.item_codes.tolist(), self.codebook_size] + ([self._retired] if self._retired else [])
+        return hashlib.sha256(json.dumps(table).encode()).hexdigest()
+
+    # Growing and shrinking the catalogue (the model follows: `QBert4RecForMaskedItemModeling.add_items`).
+    def add_items(self, item_ids, semantic_codes) -> torch.Tensor:
+        """Append items with their semantic codes `(n, num_codebooks - 1)`; each gets the smallest disambiguation code
+        that no item with the same semantic codes holds (0 when there is none).
+
+        Returns:
+            the new items' full codes `(n, num_codebooks)`. Nothing changes when an id is already known or repeated,
+            or when every disambiguation code of some new item's semantic codes is taken (`ValueError`).
+        """
+        item_ids = list(item_ids)
+        semantic_codes = torch.as_tensor(semantic_codes, dtype=torch.long).reshape(len(item_ids), -1)
+        if semantic_codes.shape[1] != self.num_codebooks - 1:
+            raise ValueError(f"semantic codes must have shape (n, {self.num_codebooks - 1}), got "
+                             f"{tuple(semantic_codes.shape)}")
+        taken = {}  # semantic codes -> disambiguation codes in use
+        for codes in self.item_codes.tolist():
+            taken.setdefault(tuple(codes[:-1]), set()).add(codes[-1])
+        full = []
+        for item_id, codes in zip(item_ids, semantic_codes.tolist()):
+            if item_id in self._item_index or item_ids.count(item_id) > 1:
+                raise ValueError(f"item id {item_id!r} is already in the catalogue or repeated in this call")
+            used = taken.setdefault(tuple(codes), set())
+            free = next((c for c in range(self.codebook_size) if c not in used), None)
+            if free is None:
+                raise ValueError(
+                    f"item {item_id!r}: all {self.codebook_size} disambiguation codes of the semantic ID prefix "
+                    f"{codes} are taken (by {self.codebook_size} items that share it); it cannot get a unique ID "
+                    "in this catalogue: retrain stage 2 with a larger codebook_size or more levels"
+                )
+            used.add(free)
+            full.append(codes + [free])
+        new_codes = torch.tensor(full, dtype=torch.long).reshape(len(item_ids), self.num_codebooks)
+        if new_codes.numel() and (new_codes.min() < 0 or new_codes.max() >= self.codebook_size):
+            raise ValueError(f"codes must lie in [0, {self.codebook_size})")
+        for item_id in item_ids:
+            self._item_index[item_id] = len(self._item_ids)
+            self._item_ids.append(item_id)
+        self.item_codes = torch.cat([self.item_codes, new_codes])
+        return new_codes
+
+    def retire_items(self, item_ids) -> list[int]:
+        """Mark items as retired (still read in histories, never recommended); returns their item indices. An unknown
+        id, or retiring the last active item, raises and changes nothing."""
+        item_ids = list(item_ids)
+        unknown = [item_id for item_id in item_ids if item_id not in self._item_index]
+        if unknown:
+            raise KeyError(f"cannot retire unknown item id(s) {', '.join(map(repr, unknown[:5]))}: they are not in "
+                           f"this tokenizer's table of {self.num_items} items")
+        retired = set(self._retired) | set(item_ids)
+        if len(retired) == self.num_items:
+            raise ValueError(f"retiring these {len(item_ids)} item(s) would retire every item in the catalogue: "
+                             "nothing would be left to recommend")
+        self._retired = [item_id for item_id in self._item_ids if item_id in retired]
+        return [self._item_index[item_id] for item_id in item_ids]
 
     @property
     def padding_index(self) -> int:

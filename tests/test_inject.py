@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from datasets import Dataset, DatasetDict
 from safetensors.torch import load_file, save_file
 
+from quantization_qbert4rec import CrossModalInjector, pool_by_query
 from training.inject import (
-    CrossModalInjector,
     adjacent_pairs,
     check_item_coverage,
     embed_items,
@@ -21,7 +21,6 @@ from training.inject import (
     load_modalities,
     main,
     multi_view_info_nce,
-    pool_by_query,
     read_modality_features,
 )
 

@@ -27,8 +27,6 @@ file and loads no model.
 
 import dataclasses
 import hashlib
-import html
-import inspect
 import io
 import json
 import logging
@@ -50,6 +48,7 @@ from tqdm.auto import tqdm
 if __package__ in (None, ""):  # run as `python training/extract_features.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from quantization_qbert4rec import attribute_texts, encode_texts, item_attributes, item_text, weights_fingerprint
 from training.config import parse_args
 from training.image_encoder import (
     EFFICIENTNET_LITE0_SHA256,
@@ -67,7 +66,6 @@ TEXT_FIELDS = ("title", "brand", "categories", "text")
 MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 EFFICIENTNET_NAME = "efficientnet-lite0"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
 CACHE_FORMAT_VERSION = 1
 
 
@@ -145,31 +143,12 @@ def parse_list(value: str, allowed: tuple[str, ...], what: str) -> list[str]:
 
 
 def build_item_texts(items, fields: list[str]) -> list[str]:
-    """One text per item: the chosen fields in order, HTML entities unescaped, empty fields skipped.
-
-    Brand and categories are labelled ("Brand: OPI. Categories: Makeup, Nails."); title and text are used as they
-    are. An item with every chosen field empty gets "".
-    """
+    """One text per item of the items dataset (`item_text`: the chosen fields in order; "" when all are empty)."""
     missing = [name for name in fields if name not in items.column_names]
     if missing:
         raise ValueError(f"items dataset has no column(s) {missing} for --text_fields (columns: {items.column_names})")
     columns = {name: items[name] for name in fields}
-    texts = []
-    for row in range(len(items)):
-        parts = []
-        for name in fields:
-            value = columns[name][row]
-            if name == "categories":
-                value = ", ".join(html.unescape(c).strip() for c in (value or []) if c and c.strip())
-                value = f"Categories: {value}" if value else ""
-            else:
-                value = html.unescape(value or "").strip()
-                if name == "brand" and value:
-                    value = f"Brand: {value}"
-            if value:
-                parts.append(value.rstrip(".") + ".")
-        texts.append(" ".join(parts))
-    return texts
+    return [item_text({name: columns[name][row] for name in fields}, fields) for row in range(len(items))]
 
 
 def sha256_of_strings(strings) -> str:
@@ -188,17 +167,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def weights_fingerprint(folder: Path) -> str:
-    """sha256 of a model folder's weights: the file's own hash when there is one weights file, else a hash of the
-    sorted `name:hash` list of all of them."""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
-    if not files:
-        raise ValueError(f"{folder}: no weights file ({', '.join('*' + s for s in WEIGHT_SUFFIXES)})")
-    if len(files) == 1:
-        return file_sha256(files[0])
-    return sha256_of_strings(f"{p.name}:{file_sha256(p)}" for p in files)
 
 
 def resolve_model(name: str, expected_sha256: str = "") -> tuple[str, str]:
@@ -248,37 +216,6 @@ def load_text_model(path: str, device: torch.device):
     return tokenizer, model
 
 
-@torch.inference_mode()
-def encode_texts(texts: list[str], tokenizer, model, batch_size: int, max_length: int, desc: str = "text") -> torch.Tensor:
-    """L2-normalised text vectors `(len(texts), dim)`, in the order of `texts`.
-
-    Plain encoders: mean of the last hidden states over real tokens (attention mask). Models with
-    `get_text_features` (CLIP and friends): their projected text embedding. Texts are batched by length.
-    """
-    device = next(model.parameters()).device
-    max_length = min(max_length, getattr(tokenizer, "model_max_length", max_length) or max_length)
-    encoder = model.get_encoder() if getattr(model.config, "is_encoder_decoder", False) else model
-    accepted = set(inspect.signature(encoder.forward).parameters)  # e.g. no token_type_ids for some models
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    vectors = [None] * len(texts)
-    for start in tqdm(range(0, len(order), batch_size), desc=f"encoding {desc}", unit="batch"):
-        batch = order[start : start + batch_size]
-        inputs = tokenizer(
-            [texts[i] for i in batch], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        ).to(device)
-        if hasattr(model, "get_text_features"):
-            pooled = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-            pooled = pooled if isinstance(pooled, torch.Tensor) else pooled.pooler_output  # v5: an output object
-        else:
-            hidden = encoder(**{k: v for k, v in inputs.items() if k in accepted}).last_hidden_state  # (B, T, D)
-            weights = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, D)
-        pooled = F.normalize(pooled.float(), dim=-1).cpu()
-        for row, index in enumerate(batch):
-            vectors[index] = pooled[row]
-    return torch.stack(vectors)
-
-
 class TextEncoder:
     """A text encoder loaded only when something must be encoded (a cache hit never loads it)."""
 
@@ -294,7 +231,8 @@ class TextEncoder:
             logger.info("loading text encoder %s (%s)", self.name, self.path)
             self._model = load_text_model(self.path, self.device)
         tokenizer, model = self._model
-        return encode_texts(texts, tokenizer, model, self.batch_size, self.max_length, desc=desc)
+        logger.info("encoding %d %s", len(texts), desc)
+        return encode_texts(texts, tokenizer, model, self.batch_size, self.max_length)
 
 
 def text_features(items, fields: list[str], encoder: TextEncoder) -> tuple[torch.Tensor, torch.Tensor]:
@@ -522,14 +460,10 @@ def image_features(
 # ----------------------------------------------------------------------------------------------- structure
 
 
-def item_attributes(items, max_categories: int) -> tuple[list[str], list[list[str]]]:
-    """Per item: its brand ("" if none) and its categories (at most `max_categories`, the most specific ones)."""
-    brands = [html.unescape(b or "").strip() for b in items["brand"]]
-    categories = []
-    for cats in items["categories"]:
-        cats = [html.unescape(c).strip() for c in (cats or []) if c and c.strip()]
-        categories.append(cats[-max_categories:] if max_categories > 0 else [])
-    return brands, categories
+def dataset_attributes(items, max_categories: int) -> tuple[list[str], list[list[str]]]:
+    """Per item of the items dataset: its brand ("" if none) and its kept categories (`item_attributes`)."""
+    pairs = [item_attributes(brand, categories, max_categories) for brand, categories in zip(items["brand"], items["categories"])]
+    return [brand for brand, _ in pairs], [categories for _, categories in pairs]
 
 
 def cooccurrence_counts(train_sequences, item_index: dict[str, int], window: int) -> torch.Tensor:
@@ -600,24 +534,24 @@ def structure_features(
     missing = [name for name in ("brand", "categories") if name not in items.column_names]
     if missing:
         raise ValueError(f"items dataset has no column(s) {missing}, needed for structure features")
-    brands, categories = item_attributes(items, max_categories)
+    brands, categories = dataset_attributes(items, max_categories)
     num_categories = max((len(c) for c in categories), default=0)
-    attribute_texts = sorted({f"brand: {b}" for b in brands if b} | {f"category: {c}" for cats in categories for c in cats})
-    if attribute_texts:
-        vectors = encoder.encode(attribute_texts, desc="attributes")
+    texts = sorted({text for b, cats in zip(brands, categories) for text in attribute_texts(b, cats)})
+    if texts:
+        vectors = encoder.encode(texts, desc="attributes")
         dim = vectors.shape[1]
     else:  # no attribute at all: only the co-occurrence vector, with the encoder's width
         vectors, dim = None, encoder.encode(["item"], desc="dimension probe").shape[1]
-    row_of = {text: row for row, text in enumerate(attribute_texts)}
+    row_of = {text: row for row, text in enumerate(texts)}
 
     num_items, num_vectors = len(items), num_categories + 2
     features = torch.zeros(num_items, num_vectors, dim)
     mask = torch.zeros(num_items, num_vectors, dtype=torch.bool)
     for i, (brand, cats) in enumerate(zip(brands, categories)):
         if brand:
-            features[i, 0], mask[i, 0] = vectors[row_of[f"brand: {brand}"]], True
-        for slot, category in enumerate(cats, start=1):
-            features[i, slot], mask[i, slot] = vectors[row_of[f"category: {category}"]], True
+            features[i, 0], mask[i, 0] = vectors[row_of[attribute_texts(brand, [])[0]]], True
+        for slot, text in enumerate(attribute_texts("", cats), start=1):
+            features[i, slot], mask[i, slot] = vectors[row_of[text]], True
 
     item_index = {item_id: i for i, item_id in enumerate(items["item_id"])}
     counts = cooccurrence_counts(train_sequences, item_index, window)
@@ -751,6 +685,8 @@ def extract_features(args: FeatureArgs) -> dict:
     args = resolve_dataset_matrices(args, dataset_dir)
     use_cache = not args.no_cache
     status = {}
+    output_dir.mkdir(parents=True, exist_ok=True)  # the settings go beside the features (training/item_encoder.py)
+    (output_dir / "features_args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
 
     text_encoder = None
     if ("text" in modalities and not args.text_matrix) or "structure" in modalities:
@@ -803,7 +739,7 @@ def extract_features(args: FeatureArgs) -> dict:
             "modality": "structure", "encoder": text_encoder.name, "weights": text_encoder.fingerprint,
             "max_length": args.max_length, "max_categories": args.max_categories, "window": args.cooccurrence_window,
             "seed": args.seed, "items": sha256_of_strings(item_ids),
-            "attributes": sha256_of_strings(json.dumps([b, c]) for b, c in zip(*item_attributes(items, args.max_categories))),
+            "attributes": sha256_of_strings(json.dumps([b, c]) for b, c in zip(*dataset_attributes(items, args.max_categories))),
             "train": sha256_of_strings(" ".join(sequence) for sequence in train_sequences),
         })
 

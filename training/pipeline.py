@@ -10,7 +10,8 @@ pretraining and fine-tuning); a flag no stage takes is refused. Every section of
 checked before the first stage runs, so a typo fails at once. A stage whose output is already there is skipped
 (flags given here do not rerun it: `--force STAGE` does), and an interrupted pretraining or fine-tuning resumes from
 its last checkpoint. At the end OUTPUT_DIR holds `final/` (model + tokenizer, loadable with
-`AutoModel.from_pretrained(..., trust_remote_code=True)`), `metrics.json` (test metrics, full ranking, with those
+`AutoModel.from_pretrained(..., trust_remote_code=True)`, with the item encoder that gives new items semantic IDs:
+`model.add_items`), `metrics.json` (test metrics, full ranking, with those
 of most-popular on the same users under `most_popular`) and `timings.json` (seconds per stage):
 
     OUTPUT_DIR/data/            prepared dataset (sequences/, items/, summary.json)
@@ -36,6 +37,7 @@ from training import extract_features, finetune, inject, prepare_data, pretrain,
 from training.config import (
     argument_names, build_parser, config_file, declares, flag_name, load_yaml, parse_args, section_values,
 )
+from training.item_encoder import attach_item_encoder
 
 STAGE_MODULES = (prepare_data, extract_features, inject, quantize, pretrain, finetune)
 STAGES = tuple(module.SECTION for module in STAGE_MODULES)  # data, features, inject, quantize, pretrain, finetune
@@ -198,6 +200,7 @@ def main(argv=None) -> dict | None:
     if args.stop_after != "finetune":
         return None
     shutil.copytree(out / "finetune" / "final", out / "final", dirs_exist_ok=True)
+    attach_item_encoder(out / "final", out / "features", out / "inject", out / "semantic_ids")  # for new items
     metrics = json.loads((out / "finetune" / "metrics.json").read_text())
     exclude_history = parsed["finetune"][0].exclude_history
     metrics["most_popular"] = most_popular_metrics(out / "data", out / "final", exclude_history)

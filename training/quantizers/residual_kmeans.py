@@ -4,6 +4,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from quantization_qbert4rec import nearest_codes
 from training.quantizers.base import Quantizer, codebook_sum
 
 
@@ -66,12 +67,7 @@ class ResidualKMeans(Quantizer):
 
     def _encode(self, vectors: Tensor) -> Tensor:
         """Greedy nearest code per level."""
-        residual, codes = vectors, []
-        for codebook in self.centroids:
-            level_codes = torch.cdist(residual, codebook).argmin(1)
-            residual = residual - codebook[level_codes]
-            codes.append(level_codes)
-        return torch.stack(codes, dim=1)
+        return nearest_codes(vectors, self.centroids)
 
     def _decode(self, codes: Tensor) -> Tensor:
         return codebook_sum(self.centroids, codes)

@@ -12,17 +12,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from quantization_qbert4rec import mlp
 from training.quantizers.base import Quantizer, codebook_sum
-
-
-def mlp(sizes: list[int]) -> nn.Sequential:
-    """Linear layers `sizes[0] -> ... -> sizes[-1]` with SiLU between them (none after the last)."""
-    layers = []
-    for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(d_in, d_out))
-        if i < len(sizes) - 2:
-            layers.append(nn.SiLU())
-    return nn.Sequential(*layers)
 
 
 @dataclass
