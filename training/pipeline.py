@@ -200,7 +200,7 @@ def main(argv=None) -> dict | None:
     if args.stop_after != "finetune":
         return None
     shutil.copytree(out / "finetune" / "final", out / "final", dirs_exist_ok=True)
-    attach_item_encoder(out / "final", out / "features", out / "inject", out / "semantic_ids")  # for new items
+    attach_item_encoder(out / "final", out / "data", out / "features", out / "inject", out / "semantic_ids")
     metrics = json.loads((out / "finetune" / "metrics.json").read_text())
     exclude_history = parsed["finetune"][0].exclude_history
     metrics["most_popular"] = most_popular_metrics(out / "data", out / "final", exclude_history)

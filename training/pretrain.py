@@ -38,8 +38,8 @@ from training.sequences import encode_split
 # The model's settings are QBert4RecConfig's arguments, less those the catalogue (the tokenizer) or the model kind fix.
 ModelSettings = config_dataclass(
     QBert4RecConfig,
-    exclude=("num_items", "num_codebooks", "codebook_size", "item_table_fingerprint", "num_special_tokens",
-             "pad_token_id", "mask_token_id", "unk_token_id", "sep_token_id", "is_causal"),
+    exclude=("num_items", "num_codebooks", "codebook_size", "item_table_fingerprint", "item_encoder", "retired_items",
+             "num_special_tokens", "pad_token_id", "mask_token_id", "unk_token_id", "sep_token_id", "is_causal"),
     name="ModelSettings",
 )
 
