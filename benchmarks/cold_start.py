@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from itertools import cycle
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +42,9 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from benchmarks.baselines import machine_info  # noqa: E402
+from configuration_qbert4rec import QBert4RecConfig  # noqa: E402
 from modeling_qbert4rec import QBert4RecForMaskedItemModeling  # noqa: E402
+from quantization_qbert4rec import VECTOR_KEYS, accepted_fields  # noqa: E402
 from tokenization_semantic_id import SemanticIdTokenizer  # noqa: E402
 from training.config import parse_args  # noqa: E402
 from training.evaluate import DEFAULT_KS, MostPopular, aggregate, batch_ranks, metrics_from_ranks  # noqa: E402
@@ -195,6 +198,31 @@ def run_pipeline(config: str, output_dir: Path, flags: list[str]) -> None:
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
 
 
+def content_of(item_ids: list[str], items, features_dir: Path, settings: dict) -> list[dict]:
+    """The new-item dicts of `item_ids`: the fields the checkpoint reads from the items dataset, and the precomputed
+    `text_vector` / `image_vector` from the source run's features when the checkpoint takes them (Scientific's CLIP
+    vectors); a field or vector the item lacks is left out."""
+    from safetensors.torch import load_file
+
+    accepted = accepted_fields(settings)
+    row_of = {item_id: row for row, item_id in enumerate(items["item_id"])}
+    vectors = {}
+    for modality, key in VECTOR_KEYS.items():
+        path = features_dir / f"{modality}.safetensors"
+        uses_matrix = modality == "image" or not settings["text_fields"]
+        if key in accepted and uses_matrix and path.is_file():
+            vectors[key] = load_file(str(path))
+    content = []
+    for item_id in item_ids:
+        row = items[row_of[item_id]]
+        item = {key: row[key] for key in accepted if key in row and row[key]}
+        for key, tensors in vectors.items():
+            if tensors["mask"][row_of[item_id], 0]:
+                item[key] = tensors["features"][row_of[item_id], 0].tolist()
+        content.append(item)
+    return content
+
+
 def add_cold_items(checkpoint: Path, items: list[dict], init: str):
     """Load a cold run's checkpoint and add the cold items from their content; returns tokenizer, model, cost."""
     tokenizer = SemanticIdTokenizer.from_pretrained(checkpoint)
@@ -230,8 +258,7 @@ def cold_set(args: ColdStartArgs) -> dict:
     cold = set(cold_ids)
     cold_target = torch.tensor([target in cold for target in test["target"]])
     items = load_items(source / "data")
-    content_fields = ("item_id", "title", "brand", "categories")
-    cold_items = [{k: row[k] for k in content_fields} for row in items if row["item_id"] in cold]
+    cold_items = content_of(cold_ids, items, source / "features", QBert4RecConfig.from_pretrained(base / "final").item_encoder)
     record = {"seed": args.seed, "cold_items": len(cold_ids), "test_users": len(test),
               "cold_target_users": int(cold_target.sum()), "rows": {}, "add_items": {}}
 
@@ -268,15 +295,15 @@ def cold_set(args: ColdStartArgs) -> dict:
             evaluate(f"qbert4rec/{name}+{init}", model, tokenizer, max_len)
     if args.sasrec:
         record["rows"]["sasrec-ce"] = sasrec_row(args, base, test, cold_target)
-    record["add_1000_items"] = measure_adding(base / "final", cold_items, items, seed_dir / "add_1000.jsonl")
+    record["add_1000_items"] = measure_adding(base / "final", cold_items, seed_dir / "add_1000.jsonl")
     return record
 
 
-def measure_adding(checkpoint: Path, cold_items: list[dict], items, path: Path, count: int = 1000) -> dict:
+def measure_adding(checkpoint: Path, cold_items: list[dict], path: Path, count: int = 1000) -> dict:
     """Seconds and peak RSS of adding `count` items to `checkpoint` in a fresh process (one thread, MiniLM loaded
-    from disk on first use): the cold items, then copies of other items' content under new ids."""
-    extra = [{"item_id": f"COPY{i:05d}", "title": row["title"], "brand": row["brand"], "categories": row["categories"]}
-             for i, row in zip(range(count - len(cold_items)), items)]
+    from disk on first use): the cold items, then copies of their content under new ids."""
+    extra = [{**{k: v for k, v in item.items() if k != "item_id"}, "item_id": f"COPY{i:05d}"}
+             for i, item in zip(range(count - len(cold_items)), cycle(cold_items))]
     path.write_text("".join(json.dumps(item) + "\n" for item in (cold_items + extra)[:count]))
     child = (
         "import json, resource, sys, time, torch; torch.set_num_threads(1)\n"
@@ -307,7 +334,7 @@ def sasrec_row(args: ColdStartArgs, base: Path, test, cold_target) -> dict:
     overrides = [f"--{k}={v}" for k, v in id_baseline_sections(load_yaml(args.pipeline_config)).get("pretrain", {}).items()]
     result = train_id_model("sasrec-ce", str(base / "data"), str(base.parent / "sasrec-ce"), args.seed, args.pipeline_config,
                             overrides)
-    folder = Path(result["output_dir"]) / "pretrain" / "final"
+    folder = Path(result["output_dir"]) / "pretrain" / "best"  # the epoch kept by validation
     tokenizer = SemanticIdTokenizer.from_pretrained(folder)
     model = QBert4RecForMaskedItemModeling.from_pretrained(folder).eval()
     metrics = row_metrics(test_ranks(model, tokenizer, test, model.config.max_position_embeddings, args.batch_size),

@@ -255,7 +255,8 @@ def test_model_card_front_matter_and_sections():
         assert section in headings, f"model_card.md lacks a '## {section}' section"
     results = body.split("## Results")[1].split("\n## ")[0]
     assert "<!-- CHECKPOINT RESULTS" in results  # training/export.py writes the checkpoint's own metrics there
-    assert len(blocks) == 1
+    assert len(blocks) == 2  # usage, then new and retired items (run on a real checkpoint by tests/test_pipeline.py)
+    assert "model.add_items(tok, new)" in blocks[1] and "model.retire_items(tok, " in blocks[1]
     for call in ('AutoTokenizer.from_pretrained("{checkpoint}", trust_remote_code=True)',
                  'AutoModel.from_pretrained("{checkpoint}", trust_remote_code=True)',
                  'tok([{example_history}], return_tensors="pt")', "model.recommend(**batch, top_k=10)",
@@ -280,7 +281,7 @@ def test_model_card_results_quote_the_benchmark_json():
 
 def test_model_card_usage_block_runs_against_a_tiny_checkpoint(checkpoint, capsys):
     folder, _, _ = checkpoint
-    _, _, (block,) = model_card_parts()
+    block = model_card_parts()[2][0]
     tok = SemanticIdTokenizer.from_pretrained(folder)
     history = tok.item_ids[4:7]
     code = block.replace("{checkpoint}", str(folder)).replace("{example_history}", json.dumps(history))
