@@ -37,6 +37,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import datasets  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
@@ -49,6 +50,7 @@ from tokenization_semantic_id import SemanticIdTokenizer  # noqa: E402
 from training.config import parse_args  # noqa: E402
 from training.evaluate import DEFAULT_KS, MostPopular, aggregate, batch_ranks, metrics_from_ranks  # noqa: E402
 from training.explain_codes import leaf_labels  # noqa: E402
+from training.extract_features import read_feature_matrix  # noqa: E402
 from training.explain_codes import load_items as load_item_labels  # noqa: E402
 from training.masking import HistoryCollator  # noqa: E402
 from training.prepared import SEQUENCE_FEATURES, load_items, load_sequences, load_summary, save_prepared  # noqa: E402
@@ -102,8 +104,16 @@ def without_items(dataset_dir: Path, cold: set[str], output_dir: Path) -> dict:
     })
     items = load_items(dataset_dir)
     warm_rows = [row for row, item_id in enumerate(items["item_id"]) if item_id not in cold]
+    source_summary = load_summary(dataset_dir)
+    matrices = {}  # precomputed feature matrices (one row per item): their warm rows, as .npy beside the data
+    for modality, matrix in source_summary.get("feature_matrices", {}).items():
+        warm_matrix = read_feature_matrix(matrix["path"], len(items), matrix["dim"])[warm_rows]
+        output_dir.mkdir(parents=True, exist_ok=True)
+        np.save(output_dir / f"{modality}_matrix.npy", warm_matrix)
+        matrices[modality] = {**matrix, "path": str((output_dir / f"{modality}_matrix.npy").resolve())}
     summary = {
-        **load_summary(dataset_dir),
+        **source_summary,
+        **({"feature_matrices": matrices} if matrices else {}),
         "users": len(rows["test"]),
         "items": len(warm_rows),
         "interactions": sum(len(r["item_ids"]) + 1 for r in rows["test"]),

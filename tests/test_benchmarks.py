@@ -525,3 +525,54 @@ def test_accuracy_runs_the_other_ablations(tiny_bench):
         assert 0.0 <= run["test"]["ndcg@10"] <= 1.0 and run["test"]["num_users"] == 30, name
     ws = next((root / "out").glob("beauty/stages-*"))
     assert (ws / "variants" / "no-gate" / "semantic_ids" / "semantic_ids.json").is_file()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Cold start (benchmarks/cold_start.py): its helpers on a tiny prepared dataset
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_cold_items_leave_every_split_and_no_original_test_target_is_trained_on(tmp_path):
+    import datasets
+
+    from benchmarks import cold_start
+    from training.prepared import ITEM_FEATURES, SEQUENCE_FEATURES, load_item_ids, load_sequences, save_prepared
+
+    full = {"u1": list("abcde"), "u2": list("cbx"), "u3": list("axb"), "u4": list("deab")}
+    with_target = datasets.Features({**SEQUENCE_FEATURES, "target": datasets.Value("string")})
+    splits = datasets.DatasetDict({
+        "train": datasets.Dataset.from_list([{"user_id": u, "item_ids": s[:-2]} for u, s in full.items()],
+                                            features=SEQUENCE_FEATURES),
+        "validation": datasets.Dataset.from_list(
+            [{"user_id": u, "item_ids": s[:-2], "target": s[-2]} for u, s in full.items()], features=with_target),
+        "test": datasets.Dataset.from_list(
+            [{"user_id": u, "item_ids": s[:-1], "target": s[-1]} for u, s in full.items()], features=with_target),
+    })
+    items = datasets.Dataset.from_list([{"item_id": i, "title": i, "text": "", "brand": "", "categories": [], "image": ""}
+                                        for i in "abcdex"], features=ITEM_FEATURES)
+    save_prepared(splits, items, {"users": 4}, tmp_path / "source")
+    assert cold_start.cold_item_ids(list("abcdex"), 0.3, seed=1) == cold_start.cold_item_ids(list("abcdex"), 0.3, 1)
+    summary = cold_start.without_items(tmp_path / "source", {"x", "e"}, tmp_path / "cold")
+    sequences = load_sequences(tmp_path / "cold")
+    assert load_item_ids(tmp_path / "cold") == list("abcd") and summary["items"] == 4
+    assert [row["user_id"] for row in sequences["test"]] == ["u1", "u4"]  # u2 and u3 keep 2 items: dropped
+    assert sequences["test"][0] == {"user_id": "u1", "item_ids": list("abc"), "target": "d"}
+    assert sequences["train"][1]["item_ids"] == ["d"] and sequences["validation"][1]["target"] == "a"
+    for split in ("train", "validation", "test"):
+        assert not {"x", "e"} & {i for row in sequences[split] for i in row["item_ids"] + [row.get("target", "")]}
+    # u1's original test target (e) is cold; u4's (b) is the new test target: neither reaches the training split.
+    assert "b" not in sequences["train"][1]["item_ids"] and "e" not in sequences["train"][0]["item_ids"]
+
+
+def test_code_purity_and_content_knn():
+    from benchmarks import cold_start
+
+    codes = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1], [0, 2], [1, 2]])
+    labels = torch.tensor([5, 5, 6, 7, 5, 6])
+    cold = torch.tensor([False, False, False, False, True, True])
+    purity = cold_start.code_purity(codes, labels, cold)
+    assert purity["cold"] == pytest.approx((1.0 + 0.5) / 2)  # item 4 (code 0): both warm 0s are 5; item 5: one of two
+    assert purity["warm"] == pytest.approx((1.0 + 1.0 + 0.0 + 0.0) / 4)  # each warm item against the other warm one
+    knn = cold_start.ContentKNN(torch.eye(3))
+    states = knn.history_states(torch.tensor([[0, 3], [1, 1]]))  # index 3 = padding
+    assert torch.equal(knn.item_scores(states).argmax(1), torch.tensor([0, 1]))
