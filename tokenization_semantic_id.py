@@ -17,6 +17,7 @@ import logging
 import os
 import string
 import tempfile
+from collections import Counter
 from itertools import chain
 
 import numpy as np
@@ -280,9 +281,9 @@ class SemanticIdTokenizer(PreTrainedTokenizer):
         taken = {}  # semantic codes -> disambiguation codes in use
         for codes in self.item_codes.tolist():
             taken.setdefault(tuple(codes[:-1]), set()).add(codes[-1])
-        full = []
+        full, repeated = [], {item_id for item_id, count in Counter(item_ids).items() if count > 1}
         for item_id, codes in zip(item_ids, semantic_codes.tolist()):
-            if item_id in self._item_index or item_ids.count(item_id) > 1:
+            if item_id in self._item_index or item_id in repeated:
                 raise ValueError(f"item id {item_id!r} is already in the catalogue or repeated in this call")
             used = taken.setdefault(tuple(codes), set())
             free = next((c for c in range(self.codebook_size) if c not in used), None)
