@@ -1,9 +1,15 @@
 """Shared fixtures: the real benchmark data folder (tests that need it skip when it is absent)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from training.config import DATA_DIR_ENV, default_data_dir
+
+SMOKE = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
+# configs/smoke.yaml on the first 300 users, one epoch per trained stage: the flags go to the stages that take them.
+SLICE = ["--max_users", "300", "--num_epochs", "1"]
 
 # Tiny models run fastest on one thread, and the suite must not fight itself for the 2 cores of CI.
 torch.set_num_threads(1)
@@ -32,3 +38,14 @@ def scientific_dir():
 def office_dir():
     """`../shared/data/amazon-office` (LC-Rec / LETTER JSON)."""
     return _dataset_dir("amazon-office")
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, beauty_dir):
+    """The whole pipeline, configs/smoke.yaml on 300 real Beauty users: OUTPUT_DIR with final/, metrics.json, data/,
+    features/, inject/, semantic_ids/. Read-only for tests: copy final/ before changing it."""
+    from training import pipeline
+
+    out = tmp_path_factory.mktemp("smoke")
+    pipeline.main(["--config", SMOKE, "--output_dir", str(out), *SLICE])
+    return out

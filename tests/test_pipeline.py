@@ -16,10 +16,9 @@ from transformers import AutoModel, AutoTokenizer
 
 from training import pipeline
 
+from conftest import SLICE, SMOKE
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SMOKE = str(REPO_ROOT / "configs" / "smoke.yaml")
-# configs/smoke.yaml on the first 300 users, one epoch per trained stage: the flags go to the stages that take them.
-SLICE = ["--max_users", "300", "--num_epochs", "1"]
 
 
 @pytest.fixture
@@ -88,13 +87,6 @@ def test_id_baselines_section_of_the_shipped_configs_is_accepted(stub_stages, tm
     pipeline.main(["--config", str(REPO_ROOT / "configs" / "beauty.yaml"), "--output_dir", str(tmp_path),
                    "--stop_after", "data"])  # fmt: skip
     assert list(stub_stages) == ["data"]
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory, beauty_dir):
-    out = tmp_path_factory.mktemp("smoke")
-    pipeline.main(["--config", SMOKE, "--output_dir", str(out), *SLICE])
-    return out
 
 
 def test_smoke_pipeline_ends_with_a_loadable_model_and_metrics(smoke_run):
