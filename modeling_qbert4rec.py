@@ -486,7 +486,8 @@ class QBert4RecForMaskedItemModeling(QBert4RecPreTrainedModel):
         device = self.item_codes.device
         fused, semantic_codes = self.item_encoder({m: f.to(device) for m, f in features.items()},
                                                   {m: k.to(device) for m, k in masks.items()})
-        new_codes = tokenizer.add_items([item["item_id"] for item in items], semantic_codes.cpu())
+        new_codes = tokenizer.add_items([item["item_id"] for item in items], semantic_codes.cpu(),
+                                        titles=[item.get("title") for item in items])
         self._grow_catalogue(new_codes.to(device), fused, item_embeddings)
         self.config.item_table_fingerprint = tokenizer.table_fingerprint
         return new_codes.tolist()

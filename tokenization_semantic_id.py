@@ -120,6 +120,10 @@ def _validate_table(table: dict, source: str) -> None:
                 "every item needs a unique tuple (add a disambiguation level)"
             )
         owner[key] = item_id
+    titles = table.get("titles")
+    if titles is not None and (len(titles) != len(item_ids) or not all(isinstance(t, str) for t in titles)):
+        raise ValueError(f"{source}: 'titles' must hold one string per item ({len(item_ids)}), got {len(titles)} "
+                         "entries")
     retired = table.get("retired", [])
     unknown = set(retired) - set(item_ids)
     if unknown:
@@ -132,7 +136,8 @@ class SemanticIdTokenizer(PreTrainedTokenizer):
     """The catalogue's item table, and batches of histories -> model inputs.
 
     Args:
-        vocab_file (`str`): path of `semantic_ids.json` (`num_codebooks`, `codebook_size`, `item_ids`, `codes`).
+        vocab_file (`str`): path of `semantic_ids.json` (`num_codebooks`, `codebook_size`, `item_ids`, `codes`;
+            optionally `titles`, one per item, and `retired` item ids).
         max_len (`int`, defaults to 50): histories keep their newest `max_len` items.
         unknown_items (`str`, defaults to `"error"`): what an item id missing from the table does: `"error"` raises
             a `KeyError` naming it, `"skip"` drops it from the history.
@@ -169,6 +174,7 @@ class SemanticIdTokenizer(PreTrainedTokenizer):
         self._item_ids = list(table["item_ids"])
         self._item_index = {item_id: i for i, item_id in enumerate(self._item_ids)}
         self.item_codes = torch.tensor(table["codes"], dtype=torch.long)  # (num_items, num_codebooks)
+        self._item_titles = list(table.get("titles") or [""] * len(self._item_ids))
         self._retired = [item_id for item_id in self._item_ids if item_id in set(table.get("retired", []))]
         self.max_len = max_len
         self.unknown_items = unknown_items
@@ -185,8 +191,10 @@ class SemanticIdTokenizer(PreTrainedTokenizer):
         super().__init__(max_len=max_len, unknown_items=unknown_items, **kwargs)
 
     @classmethod
-    def from_codes(cls, item_ids, codes, codebook_size: int, max_len: int = 50, **kwargs) -> "SemanticIdTokenizer":
-        """Build a tokenizer from `item_ids` (list of `num_items` strings) and `codes` (`(num_items, num_codebooks)` ints)."""
+    def from_codes(cls, item_ids, codes, codebook_size: int, max_len: int = 50, titles=None,
+                   **kwargs) -> "SemanticIdTokenizer":
+        """Build a tokenizer from `item_ids` (list of `num_items` strings) and `codes` (`(num_items, num_codebooks)`
+        ints), optionally with one title per item (shown to people, never used for scoring)."""
         codes = torch.as_tensor(codes).tolist()
         table = {
             "num_codebooks": len(codes[0]) if codes else 0,
@@ -194,6 +202,8 @@ class SemanticIdTokenizer(PreTrainedTokenizer):
             "item_ids": [str(i) for i in item_ids],
             "codes": codes,
         }
+        if titles is not None:
+            table["titles"] = [title or "" for title in titles]
         _validate_table(table, "from_codes")
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "semantic_ids.json")
@@ -236,6 +246,8 @@ class SemanticIdTokenizer(PreTrainedTokenizer):
             "item_ids": self._item_ids,
             "codes": self.item_codes.tolist(),
         }
+        if any(self._item_titles):
+            table["titles"] = self._item_titles
         if self._retired:
             table["retired"] = self._retired
         with open(path, "w", encoding="utf-8") as f:
@@ -247,6 +259,12 @@ class SemanticIdTokenizer(PreTrainedTokenizer):
     def item_ids(self) -> list:
         """Every known item id, in the model's item index order."""
         return list(self._item_ids)
+
+    @property
+    def item_titles(self) -> list[str]:
+        """Every item's title, in item index order ("" for an item without one, and for every item when the table
+        carries no titles)."""
+        return list(self._item_titles)
 
     @property
     def num_items(self) -> int:
@@ -265,9 +283,9 @@ class SemanticIdTokenizer(PreTrainedTokenizer):
         return hashlib.sha256(json.dumps(table).encode()).hexdigest()
 
     # Growing and shrinking the catalogue (the model follows: `QBert4RecForMaskedItemModeling.add_items`).
-    def add_items(self, item_ids, semantic_codes) -> torch.Tensor:
-        """Append items with their semantic codes `(n, num_codebooks - 1)`; each gets the smallest disambiguation code
-        that no item with the same semantic codes holds (0 when there is none).
+    def add_items(self, item_ids, semantic_codes, titles=None) -> torch.Tensor:
+        """Append items with their semantic codes `(n, num_codebooks - 1)` (and titles, "" when None); each gets the
+        smallest disambiguation code that no item with the same semantic codes holds (0 when there is none).
 
         Returns:
             the new items' full codes `(n, num_codebooks)`. Nothing changes when an id is already known or repeated,
@@ -302,6 +320,7 @@ class SemanticIdTokenizer(PreTrainedTokenizer):
             self._item_index[item_id] = len(self._item_ids)
             self._item_ids.append(item_id)
         self.item_codes = torch.cat([self.item_codes, new_codes])
+        self._item_titles += [title or "" for title in titles] if titles is not None else [""] * len(item_ids)
         return new_codes
 
     def retire_items(self, item_ids) -> list[int]:

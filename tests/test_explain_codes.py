@@ -12,6 +12,7 @@ from training.explain_codes import (
     leaf_labels,
     main,
     parse_prefix,
+    prefix_explanations,
     prefix_purity,
     purity_table,
     random_purity,
@@ -122,3 +123,18 @@ def test_tokenizer_and_dataset_do_not_match(tmp_path):
 def test_missing_tokenizer_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no semantic_ids.json in .*nowhere \(run training/quantize.py first\)"):
         main(["--tokenizer_dir", str(tmp_path / "nowhere"), "--dataset_dir", str(tmp_path)])
+
+
+def test_prefix_explanations_count_items_and_their_top_leaf_categories():
+    tok = SemanticIdTokenizer.from_codes(["A", "B", "C", "D"], [[1, 0, 0], [1, 0, 1], [1, 2, 0], [3, 0, 0]], 4)
+    items = {"A": {"categories": ["Makeup", "Nails"]}, "B": {"categories": ["Makeup", "Nails"]},
+             "C": {"categories": ["Skin Care"]}, "D": {"categories": []}}
+    report = prefix_explanations(tok, items, top=1)
+    assert report["num_codebooks"] == 3
+    assert report["prefixes"] == {
+        "1": {"num_items": 3, "leaf_categories": [["Nails", 2]]},
+        "1,0": {"num_items": 2, "leaf_categories": [["Nails", 2]]},
+        "1,2": {"num_items": 1, "leaf_categories": [["Skin Care", 1]]},
+        "3": {"num_items": 1, "leaf_categories": []},
+        "3,0": {"num_items": 1, "leaf_categories": []},
+    }

@@ -370,3 +370,22 @@ def test_model_folder_without_tokenizer_files_is_refused_naming_semantic_ids_jso
     QBert4RecConfig(num_codebooks=NUM_CODEBOOKS, codebook_size=CODEBOOK_SIZE, num_items=4).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"SemanticIdTokenizer needs its item table semantic_ids.json"):
         AutoTokenizer.from_pretrained(tmp_path, trust_remote_code=True)
+
+
+def test_titles_travel_with_the_table_and_with_added_items(tmp_path):
+    tok = SemanticIdTokenizer.from_codes(["A", "B"], [[0, 0], [1, 0]], 4, titles=["Red lipstick", None])
+    assert tok.item_titles == ["Red lipstick", ""]
+    tok.add_items(["C", "D"], [[0], [2]], titles=["Blue nail polish", None])
+    tok.save_pretrained(tmp_path)
+    again = SemanticIdTokenizer.from_pretrained(tmp_path)
+    assert again.item_titles == ["Red lipstick", "", "Blue nail polish", ""]
+    assert again.table_fingerprint == tok.table_fingerprint  # titles are for people: they do not pair the model
+    untitled = SemanticIdTokenizer.from_codes(["A"], [[0, 0]], 4)
+    assert untitled.item_titles == [""]
+    untitled.save_pretrained(tmp_path / "untitled")
+    assert "titles" not in json.loads((tmp_path / "untitled" / "semantic_ids.json").read_text())
+
+
+def test_a_title_list_of_the_wrong_length_is_refused():
+    with pytest.raises(ValueError, match="'titles' must hold one string per item \\(2\\), got 1 entries"):
+        SemanticIdTokenizer.from_codes(["A", "B"], [[0, 0], [1, 0]], 4, titles=["only one"])

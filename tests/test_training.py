@@ -15,9 +15,9 @@ from datasets import Dataset, DatasetDict
 from transformers import AutoModel, AutoTokenizer
 
 from tokenization_semantic_id import SemanticIdTokenizer
-from training import evaluate, export, finetune, pretrain
+from training import evaluate, finetune, pretrain
 from training.config import as_flags, parse_args
-from training.loop import LoopArgs, make_accelerator, train
+from training.loop import make_accelerator, train
 from training.masking import DEFAULT_MASKING, HistoryCollator, MultiMaskCollator, check_masking
 from training.pipeline import SECTION_TYPES, check_config
 from training.quantizers import codebook_sum
@@ -198,27 +198,6 @@ def test_finetune_requires_paths(capsys):
     with pytest.raises(SystemExit, match="2"):
         finetune.main(["--report_to", "none"])
     assert "--pretrained_dir" in capsys.readouterr().err
-
-
-def test_export_writes_a_card_whose_usage_block_runs(tiny, capsys):
-    root, _, _, metrics = tiny
-    folder = root / "ft" / "final"
-    readme = export.main(["--model_dir", str(folder), "--metrics", str(root / "ft" / "metrics.json"), "--dataset", "tiny-ring"])
-    card = readme.read_text()
-    assert "{checkpoint}" not in card and "{example_history}" not in card and "Template of" not in card
-    assert f"| Q-Bert4Rec (this checkpoint) | {metrics['recall@5']:.4f} |" in card
-    assert (folder / "metrics.json").is_file()
-    code = card.split("```python\n", 1)[1].split("```", 1)[0]
-    exec(compile(code, "README.md", "exec"), {})
-    printed = capsys.readouterr().out
-    assert printed.count("I0") == 10  # ten recommended item ids
-
-
-def test_export_refuses_a_folder_that_is_no_checkpoint(tmp_path):
-    with pytest.raises(FileNotFoundError, match="is not a checkpoint folder"):
-        export.main(["--model_dir", str(tmp_path)])
-    with pytest.raises(SystemExit, match="2"):  # argparse: "the following arguments are required: --model_dir"
-        export.main([])
 
 
 @pytest.mark.parametrize("dim", [8, 32])  # below and above hidden_size 16

@@ -368,6 +368,38 @@ class MostPopular(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# A saved checkpoint on a prepared dataset
+# ----------------------------------------------------------------------------------------------------------------------
+
+# The two candidate conventions: whether the history's items stay candidates (TIGER / S3-Rec) or are removed (RecBole).
+CONVENTIONS = {"history kept": False, "history removed": True}
+
+
+def checkpoint_metrics(model, tokenizer, dataset_dir, splits=("validation", "test"), batch_size: int = 512) -> dict:
+    """Full-ranking metrics of `model` and of most-popular (items counted over the same users' histories) on every
+    user of each split, under both candidate conventions.
+
+    Returns:
+        `{split: {"Q-Bert4Rec" | "most-popular": {"history kept" | "history removed": evaluate_model's dict}}}`.
+    """
+    sequences = load_sequences(dataset_dir)
+    collator = HistoryCollator(num_items=tokenizer.num_items, max_len=model.config.max_position_embeddings)
+    report = {}
+    for split_name in splits:
+        split = encode_split(sequences[split_name], tokenizer)
+        loader = DataLoader(eval_users(split), batch_size=batch_size, collate_fn=collator)
+        popular = MostPopular.from_sequences(split["item_indices"], tokenizer.num_items)
+        report[split_name] = {
+            name: {
+                convention: evaluate_model(scorer, loader, exclude_history=exclude, desc=f"{name} {split_name}")
+                for convention, exclude in CONVENTIONS.items()
+            }
+            for name, scorer in (("Q-Bert4Rec", model), ("most-popular", popular))
+        }
+    return report
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Command line: evaluate a saved checkpoint on a prepared dataset
 # ----------------------------------------------------------------------------------------------------------------------
 

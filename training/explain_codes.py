@@ -185,6 +185,32 @@ def explain(tokenizer, items: dict[str, dict], args: ExplainArgs) -> dict:
     return report
 
 
+def prefix_explanations(tokenizer, items: dict[str, dict], top: int = 3) -> dict:
+    """What each code prefix stands for, for people reading recommendations (shipped as `code_prefixes.json`).
+
+    Returns:
+        `{"num_codebooks": L, "prefixes": {"12": {"num_items": 40, "leaf_categories": [["Nail Polish", 30], ...]},
+        "12,200": {...}, ...}}`: every prefix of length 1 .. L - 1 that some item has, with its item count and its
+        `top` most frequent leaf categories (the last entry of `categories`) as `[name, count]`.
+    """
+    counts: dict[str, dict[str, int]] = {}
+    sizes: dict[str, int] = {}
+    for item_id, codes in zip(tokenizer.item_ids, tokenizer.item_codes.tolist()):
+        categories = items.get(item_id, {}).get("categories") or []
+        for prefix_len in range(1, tokenizer.num_codebooks):
+            key = ",".join(map(str, codes[:prefix_len]))
+            sizes[key] = sizes.get(key, 0) + 1
+            leaves = counts.setdefault(key, {})
+            if categories:
+                leaves[categories[-1]] = leaves.get(categories[-1], 0) + 1
+    prefixes = {
+        key: {"num_items": sizes[key],
+              "leaf_categories": [[name, n] for name, n in sorted(counts[key].items(), key=lambda kv: -kv[1])[:top]]}
+        for key in sizes
+    }
+    return {"num_codebooks": tokenizer.num_codebooks, "prefixes": prefixes}
+
+
 def format_report(report: dict) -> str:
     """The report as readable text."""
     fmt = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731

@@ -11,8 +11,8 @@ checked before the first stage runs, so a typo fails at once. A stage whose outp
 (flags given here do not rerun it: `--force STAGE` does), and an interrupted pretraining or fine-tuning resumes from
 its last checkpoint. At the end OUTPUT_DIR holds `final/` (model + tokenizer, loadable with
 `AutoModel.from_pretrained(..., trust_remote_code=True)`, with the item encoder that gives new items semantic IDs:
-`model.add_items`), `metrics.json` (test metrics, full ranking, with those
-of most-popular on the same users under `most_popular`) and `timings.json` (seconds per stage):
+`model.add_items`, and its run files and card: `training/export.py`), `metrics.json` (test metrics, full ranking,
+with those of most-popular on the same users under `most_popular`) and `timings.json` (seconds per stage):
 
     OUTPUT_DIR/data/            prepared dataset (sequences/, items/, summary.json)
     OUTPUT_DIR/features/        <modality>.safetensors
@@ -24,6 +24,7 @@ of most-popular on the same users under `most_popular`) and `timings.json` (seco
 
 import difflib
 import json
+import shlex
 import shutil
 import sys
 import time
@@ -33,10 +34,25 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training import extract_features, finetune, inject, prepare_data, pretrain, quantize
-from training.config import (
-    argument_names, build_parser, config_file, declares, flag_name, load_yaml, parse_args, section_values,
+from training import (
+    extract_features,
+    finetune,
+    inject,
+    prepare_data,
+    pretrain,
+    quantize,
 )
+from training.config import (
+    argument_names,
+    build_parser,
+    config_file,
+    declares,
+    flag_name,
+    load_yaml,
+    parse_args,
+    section_values,
+)
+from training.export import record_run, write_card
 from training.item_encoder import attach_item_encoder
 
 STAGE_MODULES = (prepare_data, extract_features, inject, quantize, pretrain, finetune)
@@ -133,25 +149,6 @@ def check_config(config: dict, source: str) -> None:
         section_values(own, section, SECTION_TYPES[section], source=f"{source}, section {ID_BASELINES}")
 
 
-def most_popular_metrics(dataset_dir: Path, model_dir: Path, exclude_history: bool) -> dict:
-    """Test metrics of most-popular (items counted over the test users' histories) on the model's test users."""
-    from configuration_qbert4rec import QBert4RecConfig
-    from tokenization_semantic_id import SemanticIdTokenizer
-    from training.evaluate import MostPopular, eval_loader, evaluate_model
-    from training.loop import LoopArgs
-    from training.masking import HistoryCollator
-    from training.prepared import load_sequences
-    from training.sequences import encode_split
-
-    tokenizer = SemanticIdTokenizer.from_pretrained(model_dir)
-    test = encode_split(load_sequences(dataset_dir)["test"], tokenizer)
-    popular = MostPopular.from_sequences(test["item_indices"], tokenizer.num_items)
-    max_len = QBert4RecConfig.from_pretrained(model_dir).max_position_embeddings  # as fine-tuning evaluates
-    collator = HistoryCollator(num_items=tokenizer.num_items, max_len=max_len)
-    loader = eval_loader(test, collator, LoopArgs(), max_users=0)
-    return evaluate_model(popular, loader, exclude_history=exclude_history, desc="most-popular test")
-
-
 def metrics_table(rows: dict[str, dict]) -> str:
     """One line of test metrics per model, under a header of short names (R@10 = Recall@10, N@10 = NDCG@10)."""
     lines = [f"{'':<14}" + "".join(f"{short:>8}" for short in METRIC_COLUMNS.values())]
@@ -199,11 +196,15 @@ def main(argv=None) -> dict | None:
             break
     if args.stop_after != "finetune":
         return None
-    shutil.copytree(out / "finetune" / "final", out / "final", dirs_exist_ok=True)
-    attach_item_encoder(out / "final", out / "data", out / "features", out / "inject", out / "semantic_ids")
+    final = out / "final"
+    shutil.copytree(out / "finetune" / "final", final, dirs_exist_ok=True)
+    attach_item_encoder(final, out / "data", out / "features", out / "inject", out / "semantic_ids")
+    command = shlex.join(["python", "training/pipeline.py", *(sys.argv[1:] if argv is None else argv)])
+    record_run(out, final, final, command, load_yaml(config_path) if config_path else None)
+    write_card(final, str(final))
     metrics = json.loads((out / "finetune" / "metrics.json").read_text())
-    exclude_history = parsed["finetune"][0].exclude_history
-    metrics["most_popular"] = most_popular_metrics(out / "data", out / "final", exclude_history)
+    convention = "history removed" if parsed["finetune"][0].exclude_history else "history kept"
+    metrics["most_popular"] = json.loads((final / "metrics.json").read_text())["test"]["most-popular"][convention]
     metrics["seconds_per_stage"] = timings
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(f"[pipeline] model: {out / 'final'}  metrics: {out / 'metrics.json'}")

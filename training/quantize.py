@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from training.config import parse_args
-from training.prepared import load_item_ids
+from training.prepared import load_item_ids, load_items
 from training.quantizers import QUANTIZERS, Quantizer
 from training.quantizers.normalisation import INPUT_NORMS, normalise_inputs, save_input_normalisation
 from training.semantic_ids import codebook_stats, disambiguate, plot_code_usage
@@ -143,9 +143,10 @@ def load_codebooks(semantic_ids_dir: str | Path) -> Tensor:
     return Quantizer.load(semantic_ids_dir).codebooks.detach()
 
 
-def quantize(embeddings: Tensor, item_ids: list[str], args: QuantizeArgs, output_dir: Path) -> dict:
-    """Quantise `embeddings` `(N, dim)` of `item_ids`, write the tokenizer folder, quantiser and stats; returns the
-    stats."""
+def quantize(embeddings: Tensor, item_ids: list[str], args: QuantizeArgs, output_dir: Path,
+             titles: list[str] | None = None) -> dict:
+    """Quantise `embeddings` `(N, dim)` of `item_ids`, write the tokenizer folder (with the items' `titles`, when
+    given), quantiser and stats; returns the stats."""
     from tokenization_semantic_id import SemanticIdTokenizer
 
     start = time.perf_counter()
@@ -161,7 +162,8 @@ def quantize(embeddings: Tensor, item_ids: list[str], args: QuantizeArgs, output
     final_codes = disambiguate(semantic_codes, args.codebook_size, item_ids)  # (N, num_codebooks + 1)
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = SemanticIdTokenizer.from_codes(item_ids, final_codes, args.codebook_size, max_len=args.max_len)
+    tokenizer = SemanticIdTokenizer.from_codes(item_ids, final_codes, args.codebook_size, max_len=args.max_len,
+                                               titles=titles)
     tokenizer.save_pretrained(str(output_dir))
     quantizer.save(output_dir)
     save_input_normalisation(args.input_norm, norm_stats, output_dir)
@@ -190,7 +192,9 @@ def main(argv=None) -> dict:
     (args,) = parse_args(argv, *ARGUMENT_TYPES, section=SECTION, description=__doc__)
     item_ids = load_item_ids(args.dataset_dir)
     embeddings = load_embeddings(args.embeddings, item_ids)
-    stats = quantize(embeddings, item_ids, args, Path(args.output_dir))
+    items = load_items(args.dataset_dir)
+    titles = items["title"] if "title" in items.column_names else None
+    stats = quantize(embeddings, item_ids, args, Path(args.output_dir), titles)
     collisions = stats["collisions_before_disambiguation"]
     usage = ", ".join(f"{lv['codes_used']}/{args.codebook_size} (ppl {lv['perplexity']:.1f})" for lv in stats["levels"])
     print(
