@@ -158,7 +158,16 @@ class QBert4RecConfig(PretrainedConfig):
         self.unk_token_id = unk_token_id
         self.sep_token_id = sep_token_id
         kwargs.pop("vocab_size", None)  # derived above; present when a saved config is reloaded
+        kwargs.setdefault("custom_pipelines", CUSTOM_PIPELINES)
         super().__init__(pad_token_id=pad_token_id, **kwargs)
+
+
+# `pipeline("sequential-recommendation", model=..., trust_remote_code=True)` reads this from config.json and loads the
+# class from pipeline_qbert4rec.py, which the model's save_pretrained copies beside it.
+CUSTOM_PIPELINES = {
+    "sequential-recommendation": {"impl": "pipeline_qbert4rec.SequentialRecommendationPipeline", "pt": ["AutoModel"],
+                                  "type": "text"},
+}
 
 
 # save_pretrained writes `auto_map` and copies this file, so `AutoConfig.from_pretrained(..., trust_remote_code=True)`

@@ -30,12 +30,14 @@ try:  # inside a checkpoint (remote code) the files form a package
         ItemEncoder, content_features, load_text_encoder, new_item_problems, prefix_mean_rows,
     )
     from .tokenization_semantic_id import code_token_ids, mask_index, padding_index
+    from .pipeline_qbert4rec import SequentialRecommendationPipeline  # noqa: F401 (saved with the model: config.custom_pipelines)
 except ImportError:  # installed as flat modules (pip install -e .)
     from configuration_qbert4rec import QBert4RecConfig
     from quantization_qbert4rec import (
         ItemEncoder, content_features, load_text_encoder, new_item_problems, prefix_mean_rows,
     )
     from tokenization_semantic_id import code_token_ids, mask_index, padding_index
+    from pipeline_qbert4rec import SequentialRecommendationPipeline  # noqa: F401
 
 
 # How `add_items` gives new items an item-ID embedding (models with `use_item_embedding`): `content_twin` = the one

@@ -23,8 +23,8 @@ from modeling_qbert4rec import QBert4RecForMaskedItemModeling
 from tokenization_semantic_id import SemanticIdTokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-FLAT_MODULES = ("configuration_qbert4rec", "modeling_qbert4rec", "quantization_qbert4rec", "tokenization_semantic_id",
-                "training")
+FLAT_MODULES = ("configuration_qbert4rec", "modeling_qbert4rec", "pipeline_qbert4rec", "quantization_qbert4rec",
+                "tokenization_semantic_id", "training")
 REPO_ID = "qbert4rec-test/tiny"
 COMMIT = hashlib.sha1(b"qbert4rec-test/tiny").hexdigest()  # any 40-hex commit hash
 TOP_K = 5
@@ -160,7 +160,8 @@ def test_a_model_saved_alone_carries_the_catalogue_code(checkpoint, tmp_path):
     folder, histories, expected = checkpoint
     QBert4RecForMaskedItemModeling.from_pretrained(folder).save_pretrained(tmp_path)
     assert {p.name for p in tmp_path.glob("*.py")} == {
-        "configuration_qbert4rec.py", "modeling_qbert4rec.py", "quantization_qbert4rec.py", "tokenization_semantic_id.py"
+        "configuration_qbert4rec.py", "modeling_qbert4rec.py", "pipeline_qbert4rec.py", "quantization_qbert4rec.py",
+        "tokenization_semantic_id.py",
     }
     model = AutoModel.from_pretrained(tmp_path, trust_remote_code=True)
     assert type(model).__module__.startswith("transformers_modules.")
