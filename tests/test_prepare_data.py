@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from training.config import DATA_DIR_ENV, REPO_ROOT
-from training.prepare_data import main
+from training.prepare_data import PREPARED_SOURCES, main
 from training.prepared import load_items, load_sequences, load_summary
 from training.readers import READERS
 
@@ -77,7 +77,7 @@ def test_cli_help_runs_as_a_script():
     result = subprocess.run([sys.executable, "training/prepare_data.py", "--help"], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
-    assert "--source {s3rec,recbole,lcrec,amazon2014,amazon2018,amazon2023}" in result.stdout
+    assert "--source {s3rec,recbole,lcrec,amazon2014,amazon2018,amazon2023,hub,prepared}" in result.stdout
     assert "--k_core" in result.stdout and "--output_dir" in result.stdout
 
 
@@ -85,7 +85,7 @@ def test_help_lists_the_registered_sources(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    assert "--source {" + ",".join(READERS) + "}" in help_text
+    assert "--source {" + ",".join([*READERS, *PREPARED_SOURCES]) + "}" in help_text
     for name, reader in READERS.items():
         assert f"{name}: {reader.description}" in help_text
 

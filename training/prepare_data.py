@@ -4,11 +4,18 @@
     python training/prepare_data.py --source recbole --input ../shared/data/amazon-scientific-mm --output_dir DATA
     python training/prepare_data.py --source amazon2014 --input DIR --name Beauty --k_core 5 --output_dir DATA
     python training/prepare_data.py --config configs/beauty.yaml            # section `data`
+    python training/prepare_data.py --source s3rec --output_dir DATA --push_to_hub ORG/beauty-prepared [--private]
+    python training/prepare_data.py --source prepared --input DATA --push_to_hub ORG/NAME   # push an existing folder
+    python training/prepare_data.py --source hub --input ORG/NAME --output_dir DATA         # or a local folder
 
-Writes `DATA/sequences/`, `DATA/items/` (`save_to_disk`) and `DATA/summary.json`, and prints the summary.
+Writes `DATA/sequences/`, `DATA/items/` (`save_to_disk`) and `DATA/summary.json`, and prints the summary. With
+`--push_to_hub` it then uploads the prepared dataset to a Hub dataset repo (two configs, `sequences` and `items`, and
+summary.json: the layout of `training/prepared.py`), which `--source hub` reads back. Pushing needs a token
+(`hf auth login`, `$HF_TOKEN` or `--token`); a failed push leaves the local folder written and ends in one line.
 """
 
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -17,23 +24,39 @@ if __package__ in (None, ""):  # `python training/prepare_data.py` puts training
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.config import default_data_dir, parse_args  # noqa: E402
-from training.prepared import save_prepared  # noqa: E402
+from training.hub import HubError, check_repo_id, hub_errors  # noqa: E402
+from training.prepared import (  # noqa: E402
+    load_from_hub,
+    load_items,
+    load_sequences,
+    load_summary,
+    save_prepared,
+    write_hub_layout,
+)
 from training.readers import DEFAULT_INPUTS, READERS, read_source  # noqa: E402
-from training.readers.common import take_users  # noqa: E402
+from training.readers.common import PreparedData, take_users  # noqa: E402
+
+PREPARED_SOURCES = {  # sources that are already in the canonical form, beside the readers of raw formats
+    "hub": "a prepared dataset pushed with --push_to_hub: a Hub dataset id or a local folder in that layout",
+    "prepared": "a folder this command wrote (e.g. to push it without reading the source again)",
+}
 
 
 @dataclass
 class DataArgs:
     """Arguments of `prepare_data.py` (YAML section `data`)."""
 
-    source: Literal[tuple(READERS)] = field(
+    source: Literal[(*READERS, *PREPARED_SOURCES)] = field(
         default="s3rec",
-        metadata={"help": "input format: " + "; ".join(f"{name}: {r.description}" for name, r in READERS.items())},
+        metadata={"help": "input format: " + "; ".join(
+            [f"{name}: {r.description}" for name, r in READERS.items()]
+            + [f"{name}: {description}" for name, description in PREPARED_SOURCES.items()])},
     )
     input: str | None = field(
         default=None,
-        metadata={"help": "input folder or file (amazon2023: also a Hub dataset id); default: the shared benchmark "
-                          "folder " + ", ".join(f"{folder} for {source}" for source, folder in DEFAULT_INPUTS.items())},
+        metadata={"help": "input folder or file (amazon2023, hub: also a Hub dataset id); default: the shared "
+                          "benchmark folder "
+                          + ", ".join(f"{folder} for {source}" for source, folder in DEFAULT_INPUTS.items())},
     )
     name: str | None = field(
         default=None,
@@ -41,7 +64,8 @@ class DataArgs:
                           "Industrial_and_Scientific, All_Beauty); found from the files when unset"},
     )
     output_dir: str | None = field(
-        default=None, metadata={"help": "output folder; default outputs/data/<name in lower case>"}
+        default=None,
+        metadata={"help": "output folder; default outputs/data/<name in lower case> (--source prepared: the input)"},
     )
     metadata: str | None = field(
         default=None, metadata={"help": "raw Amazon sources: the metadata file, when not beside the reviews"}
@@ -68,8 +92,22 @@ class DataArgs:
     )
 
 
+@dataclass
+class HubArgs:
+    """Hugging Face Hub"""
+
+    push_to_hub: str | None = field(
+        default=None, metadata={"help": "Hub dataset repo ORG/NAME to upload the prepared dataset to"}
+    )
+    private: bool = field(default=False, metadata={"help": "create the Hub dataset repo as private"})
+    revision: str | None = field(
+        default=None, metadata={"help": "Hub branch pushed to (created if needed), or revision read by --source hub"}
+    )
+    token: str | None = field(default=None, metadata={"help": "Hub token (default: the logged-in one or $HF_TOKEN)"})
+
+
 SECTION = "data"  # its YAML section
-ARGUMENT_TYPES = (DataArgs,)
+ARGUMENT_TYPES = (DataArgs, HubArgs)
 
 
 def resolve_input(args: DataArgs) -> str:
@@ -109,10 +147,14 @@ def format_summary(summary: dict) -> str:
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
 
 
-def main(argv=None) -> Path:
-    """Read the source, write the prepared folder, print the summary; returns the output folder."""
-    (args,) = parse_args(argv, *ARGUMENT_TYPES, section=SECTION, description=__doc__)
-    prepared = read_source(
+def read(args: DataArgs, hub: HubArgs) -> PreparedData:
+    """The prepared dataset from `args.source`: a reader of a raw format, a Hub dataset or a prepared folder."""
+    if args.source == "hub":
+        return PreparedData(*load_from_hub(resolve_input(args), revision=hub.revision, token=hub.token))
+    if args.source == "prepared":
+        folder = resolve_input(args)
+        return PreparedData(load_sequences(folder), load_items(folder), load_summary(folder))
+    return read_source(
         args.source,
         resolve_input(args),
         name=args.name,
@@ -122,12 +164,53 @@ def main(argv=None) -> Path:
         on_unnamed_attribute=args.on_unnamed_attribute,
         drop_duplicates={"auto": None, "yes": True, "no": False}[args.drop_duplicates],
     )
-    if args.max_users:
-        prepared = take_users(prepared, args.max_users)
-    output_dir = Path(args.output_dir or f"outputs/data/{prepared.summary['name'].lower()}")
-    save_prepared(prepared.sequences, prepared.items, prepared.summary, output_dir)
-    print(format_summary(prepared.summary))
-    print(f"saved to {output_dir}")
+
+
+def write_hub_files(prepared: PreparedData, folder: str | Path, repo_id: str) -> Path:
+    """The files of the Hub dataset repo `repo_id`, written into `folder`: what `push` uploads."""
+    summary_text = format_summary(prepared.summary)
+    return write_hub_layout(prepared.sequences, prepared.items, prepared.summary, folder, repo_id, summary_text)
+
+
+def push(prepared: PreparedData, hub: HubArgs, output_dir: Path) -> str:
+    """Upload the prepared dataset to the Hub dataset repo `hub.push_to_hub`; returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    with tempfile.TemporaryDirectory(prefix="qbert4rec-data-") as staging:
+        write_hub_files(prepared, staging, hub.push_to_hub)
+        with hub_errors(f"pushing {output_dir} to {hub.push_to_hub}"):
+            api = HfApi(token=hub.token)
+            api.create_repo(hub.push_to_hub, repo_type="dataset", private=hub.private, exist_ok=True)
+            if hub.revision:
+                api.create_branch(hub.push_to_hub, repo_type="dataset", branch=hub.revision, exist_ok=True)
+            commit = api.upload_folder(folder_path=staging, repo_id=hub.push_to_hub, repo_type="dataset",
+                                       revision=hub.revision, commit_message="Upload prepared dataset")
+    return commit.commit_url
+
+
+def main(argv=None) -> Path:
+    """Read the source, write the prepared folder, print the summary, push it with `--push_to_hub`; returns the
+    output folder. Hub failures (offline, no token, no right to the repo) end in one line."""
+    args, hub = parse_args(argv, *ARGUMENT_TYPES, section=SECTION, description=__doc__)
+    if hub.push_to_hub:
+        check_repo_id(hub.push_to_hub)
+    try:
+        prepared = read(args, hub)
+        if args.max_users:
+            prepared = take_users(prepared, args.max_users)
+        default = args.input if args.source == "prepared" else f"outputs/data/{prepared.summary['name'].lower()}"
+        output_dir = Path(args.output_dir or default)
+        if args.source == "prepared" and output_dir.resolve() == Path(args.input).resolve():
+            if args.max_users:
+                raise ValueError("--max_users with --source prepared needs an --output_dir other than the input")
+        else:
+            save_prepared(prepared.sequences, prepared.items, prepared.summary, output_dir)
+        print(format_summary(prepared.summary))
+        print(f"saved to {output_dir}")
+        if hub.push_to_hub:
+            print(f"pushed to {push(prepared, hub, output_dir)}")
+    except HubError as error:
+        raise SystemExit(f"error: {error}") from None
     return output_dir
 
 
