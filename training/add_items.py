@@ -8,10 +8,12 @@
 `image_vector`). `--retire` is a text file of item ids, one per line: retired items are never recommended, histories
 may still hold them. Items that cannot be added are rejected with their reason and the others are added; the
 checkpoint (model and tokenizer) is written to `--output_dir`, never over `--checkpoint`, with `add_items_report.json`
-(added, collided and resolved, rejected with reasons, retired).
+(added, collided and resolved, rejected with reasons, retired). A checkpoint with run files (training/export.py)
+keeps them, the change is appended to run.json, and its card says what changed since its metrics were measured.
 """
 
 import json
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from modeling_qbert4rec import NEW_ITEM_EMBEDDINGS, QBert4RecForMaskedItemModeli
 from quantization_qbert4rec import new_item_problems
 from tokenization_semantic_id import SemanticIdTokenizer
 from training.config import parse_args
+from training.export import record_catalogue_change
 
 
 @dataclass
@@ -92,6 +95,10 @@ def main(argv=None) -> dict:
     tokenizer.save_pretrained(args.output_dir)
     report.update(items_after=tokenizer.num_items, seconds=round(time.perf_counter() - started, 2))
     (Path(args.output_dir) / "add_items_report.json").write_text(json.dumps(report, indent=2))
+    command = shlex.join(["python", "training/add_items.py", *(sys.argv[1:] if argv is None else argv)])
+    record_catalogue_change(Path(args.checkpoint), Path(args.output_dir), {
+        "command": command, "items_before": report["items_before"], "added": len(report["added"]),
+        "retired": len(report["retired"]), "items_after": report["items_after"]})
     collided = sum(entry["collided"] for entry in report["added"])
     print(f"{args.output_dir}: {len(report['added'])} added ({collided} collided and got the next free "
           f"disambiguation code), {len(report['rejected'])} rejected, {len(report['retired'])} retired; "

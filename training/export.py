@@ -120,6 +120,20 @@ def record_run(run_dir: Path, model_dir: Path, out_dir: Path, command: str | Non
     (out_dir / "code_prefixes.json").write_text(json.dumps(prefixes) + "\n")
 
 
+def record_catalogue_change(source: Path, dest: Path, change: dict) -> None:
+    """Carry the run files of checkpoint `source` into `dest`, the checkpoint `training/add_items.py` grew or shrank
+    from it, with `change` (command, items before and after, added, retired) appended to run.json's
+    `catalogue_changes`, and render `dest`'s card. Nothing happens when `source` has no run files."""
+    if not all((Path(source) / name).is_file() for name in RUN_FILES):
+        return
+    for name in RUN_FILES:
+        shutil.copy(Path(source) / name, Path(dest) / name)
+    run = json.loads((Path(dest) / "run.json").read_text())
+    run["catalogue_changes"] = run.get("catalogue_changes", []) + [change]
+    (Path(dest) / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+    write_card(Path(dest), str(dest))
+
+
 # The card.
 def table(header: list[str], rows: list[list]) -> str:
     """A Markdown table."""
@@ -192,6 +206,14 @@ def training_section(run: dict) -> str:
     return "\n\n".join(parts)
 
 
+def catalogue_section(changes: list[dict]) -> str:
+    rows = [[f"{change['items_before']:,}", f"{change['added']:,}", f"{change['retired']:,}",
+             f"{change['items_after']:,}", f"`{change['command']}`"] for change in changes]
+    return ("The results above were measured on the catalogue the model was trained with; since then items were "
+            "added from their content alone or retired, without retraining:\n\n"
+            + table(["items before", "added", "retired", "items after", "command"], rows))
+
+
 def this_checkpoint(folder: Path) -> str:
     """The card's section made from the folder's run files only: every number in it is in one of them."""
     read = lambda name: json.loads((folder / name).read_text())  # noqa: E731
@@ -202,6 +224,8 @@ def this_checkpoint(folder: Path) -> str:
         "### Results", metrics_section(read("metrics.json")),
         "### Semantic IDs", codebook_section(read("codebook_stats.json")),
         "### Training", training_section(run),
+        *(["### Catalogue changes since training", catalogue_section(run["catalogue_changes"])]
+          if run.get("catalogue_changes") else []),
     ])
 
 
