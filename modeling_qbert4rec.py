@@ -26,18 +26,19 @@ from transformers.utils import ModelOutput
 
 try:  # inside a checkpoint (remote code) the files form a package
     from .configuration_qbert4rec import QBert4RecConfig
+    # saved with the model, so that config.custom_pipelines finds it in the checkpoint
+    from .pipeline_qbert4rec import SequentialRecommendationPipeline  # noqa: F401
     from .quantization_qbert4rec import (
         ItemEncoder, content_features, load_text_encoder, new_item_problems, prefix_mean_rows,
     )
     from .tokenization_semantic_id import code_token_ids, mask_index, padding_index
-    from .pipeline_qbert4rec import SequentialRecommendationPipeline  # noqa: F401 (saved with the model: config.custom_pipelines)
 except ImportError:  # installed as flat modules (pip install -e .)
     from configuration_qbert4rec import QBert4RecConfig
+    from pipeline_qbert4rec import SequentialRecommendationPipeline  # noqa: F401
     from quantization_qbert4rec import (
         ItemEncoder, content_features, load_text_encoder, new_item_problems, prefix_mean_rows,
     )
     from tokenization_semantic_id import code_token_ids, mask_index, padding_index
-    from pipeline_qbert4rec import SequentialRecommendationPipeline  # noqa: F401
 
 
 # How `add_items` gives new items an item-ID embedding (models with `use_item_embedding`): `content_twin` = the one
@@ -140,8 +141,8 @@ def seen_item_columns(item_indices, num_items):
     (float), both `(..., S)`: each distinct item once with weight 1, the rest weight 0 at column 0, so that
     `logits.scatter_add_(-1, columns, weights * bias)` adds `bias` once to every seen item's logit."""
     columns = item_indices.sort(dim=-1).values
-    distinct = columns < num_items
-    distinct[..., 1:] &= columns[..., 1:] != columns[..., :-1]
+    first = torch.ones_like(columns[..., :1], dtype=torch.bool)
+    distinct = (columns < num_items) & torch.cat([first, columns[..., 1:] != columns[..., :-1]], dim=-1)
     return columns.masked_fill(~distinct, 0), distinct.float()
 
 
@@ -263,7 +264,7 @@ class QBert4RecEncoder(nn.Module):
         if self.is_causal:
             key_mask = key_mask & torch.ones(T, T, dtype=torch.bool, device=key_mask.device).tril()
         # Every position may attend to itself, so a padding row (never read) gets finite values, not NaN.
-        key_mask = key_mask | torch.eye(T, dtype=torch.bool, device=key_mask.device)
+        key_mask = key_mask | torch.eye(T, device=key_mask.device).bool()  # (float eye: onnxruntime has no bool one)
         for i, layer in enumerate(self.layers):
             hidden_states = layer(hidden_states, key_mask, last_position_only and i == len(self.layers) - 1)
         return self.final_norm(hidden_states)
