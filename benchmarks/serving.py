@@ -40,7 +40,10 @@ from tokenization_semantic_id import SemanticIdTokenizer  # noqa: E402
 from training import recommend  # noqa: E402
 from training.config import parse_args  # noqa: E402
 from training.export_onnx import (  # noqa: E402
-    OnnxRecommender, compare_with_pytorch, empty_history_warnings_muted, export_onnx,
+    OnnxRecommender,
+    compare_with_pytorch,
+    empty_history_warnings_muted,
+    export_onnx,
 )
 from training.prepared import load_sequences  # noqa: E402
 
