@@ -179,3 +179,48 @@ def test_a_grown_checkpoint_keeps_its_run_files_and_its_card_says_what_changed(s
     assert json.loads((grown / "metrics.json").read_text()) == json.loads((final / "metrics.json").read_text())
     export.main(["--model_dir", str(grown), "--repo_id", "my-org/grown", "--push_to_hub", "--dry_run"])
     assert "add_items_report.json" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("status, reason", [(401, "the token is invalid or missing"),
+                                            (403, "the token may not write to this repo")])
+def test_pushing_without_the_right_fails_in_one_line_and_leaves_the_folder_as_it_was(smoke_run, tmp_path, status,
+                                                                                    reason):
+    """A local Hub endpoint that refuses every request as the real Hub refuses a bad or read-only token."""
+    import http.server
+    import threading
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def refuse(self):
+            body = json.dumps({"error": "refused by the test endpoint"}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PUT = do_HEAD = refuse
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    folder = tmp_path / "final"
+    shutil.copytree(smoke_run / "final", folder)
+    before = folder_digest(folder)
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}", "HF_HOME": str(tmp_path / "hf"),
+           "NO_PROXY": "127.0.0.1"}
+    env.pop("HF_HUB_OFFLINE", None)
+    try:
+        result = subprocess.run(
+            [sys.executable, str(REPO_ROOT / "training" / "export.py"), "--model_dir", str(folder),
+             "--repo_id", "my-org/smoke", "--push_to_hub", "--token", "hf_not_a_real_token"],
+            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+        )
+    finally:
+        server.shutdown()
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: pushing {folder} to my-org/smoke failed: {reason} (HTTP {status})"
+    ]
+    assert folder_digest(folder) == before
