@@ -366,7 +366,7 @@ def mean_std(values: list[float]) -> str:
 
 
 def markdown_report(records: list[dict]) -> str:
-    """Mean (± sample std over cold sets) of R@10 / N@10 per row, on cold-target users and on all users."""
+    """Mean (± sample std over cold sets) of R@10 / N@10 per row, on cold-target, warm-target and all users."""
     rows = list(dict.fromkeys(name for record in records for name in record["rows"]))
     lines = [
         f"Cold sets (seeds): {', '.join(str(r['seed']) for r in records)}; {records[0]['cold_items']} cold items each; "
@@ -374,13 +374,14 @@ def markdown_report(records: list[dict]) -> str:
         f"{', '.join(str(r['cold_target_users']) for r in records)} have a cold target. Full ranking over all items, "
         "history items kept as candidates.",
         "",
-        "| row | cold-target R@10 | cold-target N@10 | all R@10 | all N@10 | cold sets |",
-        "|---|---|---|---|---|---|",
+        "| row | cold-target R@10 | cold-target N@10 | warm-target R@10 | warm-target N@10 | all R@10 | all N@10 "
+        "| cold sets |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in rows:
         present = [r["rows"][name] for r in records if name in r["rows"]]
         cells = [mean_std([m[group][metric] for m in present])
-                 for group in ("cold", "all") for metric in ("recall@10", "ndcg@10")]
+                 for group in ("cold", "warm", "all") for metric in ("recall@10", "ndcg@10")]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {len(present)} |")
     purity = [r["code_purity"] for r in records]
     lines += ["", "First-level code purity (share of warm items with the item's leaf category among the warm items "
@@ -395,7 +396,10 @@ def markdown_report(records: list[dict]) -> str:
         lines += ["", f"Adding {adds[0]['items']} items to a cold run's checkpoint in a fresh process (one thread, MiniLM "
                   f"loaded from disk on first use): {mean_std([a['seconds'] for a in adds])} s; peak RSS "
                   f"{mean_std([a['peak_rss_mib'] for a in adds])} MiB, of which "
-                  f"{mean_std([a['peak_rss_mib_after_loading'] for a in adds])} MiB after loading the checkpoint."]
+                  f"{mean_std([a['peak_rss_mib_after_loading'] for a in adds])} MiB after loading the checkpoint "
+                  "(1-minute load average when each cold set's record was written: "
+                  + ", ".join(f"{r['machine']['load_average'][0]:.2f}" for r in records if "add_1000_items" in r)
+                  + "; above 1, other jobs shared the 2 cores)."]
     return "\n".join(lines) + "\n"
 
 
