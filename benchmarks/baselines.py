@@ -254,6 +254,7 @@ def train_id_model(
             save_metrics(metrics, pretrain_dir / "metrics.json", split="test", candidates=CANDIDATES, num_items=tokenizer.num_items)
             record["test"] = metrics
         write_stage_record(pretrain_dir, record)
+        accelerator.end_training()
 
     if finetune_after and stage_done(finetune_dir) is None:
         argv = config + [

@@ -94,8 +94,10 @@ def main(argv=None):
             candidates="all items" + (" minus history" if args.exclude_history else " (history items kept)"),
             num_items=tokenizer.num_items,
             num_interactions=sum(len(x) for x in sequences["test"]["item_ids"]) + len(sequences["test"]),
+            num_processes=accelerator.num_processes,
         )
     accelerator.print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+    accelerator.end_training()
     return metrics
 
 

@@ -269,7 +269,6 @@ def train(model, tokenizer, train_dataset, collator, eval_loader, args: LoopArgs
         if out_of_time:
             accelerator.print(f"stopping: {epochs.train_seconds:.0f} s of training reached --max_train_seconds")
             break
-    accelerator.end_training()
     if accelerator.is_main_process:
         record = {**stopping.state_dict(), "train_seconds_at_evaluation": epochs.seconds_at_evaluation}
         (output_dir / "training_history.json").write_text(json.dumps(record, indent=2))
@@ -277,14 +276,20 @@ def train(model, tokenizer, train_dataset, collator, eval_loader, args: LoopArgs
 
 
 def save_checkpoint(accelerator: Accelerator, path: Path):
-    """`save_state` into a temporary folder, then rename it: a run killed while saving leaves no half checkpoint."""
+    """`save_state` into a temporary folder, then rename it: a run killed while saving leaves no half checkpoint.
+    With several processes the main one makes and renames the folder, and every process writes its part (its random
+    states) in between."""
     partial = path.with_name(path.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+    accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         shutil.rmtree(path, ignore_errors=True)
         partial.rename(path)
+    accelerator.wait_for_everyone()
 
 
 def save_final(accelerator: Accelerator, model, tokenizer, path: Path):

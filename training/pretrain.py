@@ -136,6 +136,7 @@ def main(argv=None):
     best = QBert4RecForMaskedItemModeling.from_pretrained(Path(loop_args.output_dir) / BEST)
     save_final(accelerator, best, tokenizer, Path(loop_args.output_dir) / "final")
     accelerator.print(f"saved {Path(loop_args.output_dir) / 'final'}")
+    accelerator.end_training()
 
 
 if __name__ == "__main__":
