@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SLICE, SMOKE
 from transformers import AutoModel, AutoTokenizer
 
 from training import pipeline
-
-from conftest import SLICE, SMOKE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
