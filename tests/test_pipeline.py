@@ -285,3 +285,20 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted_run(smoke_run, t
         assert len(seconds) == 6 and seconds == sorted(seconds) and seconds[0] > 0
     assert resumed_history == history  # every validation score, the best epoch and the patience count
     assert len(history["history"]) == 6
+
+
+def test_force_reruns_a_stage_from_scratch_and_every_stage_after_it(stub_stages, tmp_path):
+    """Found when forcing stage 2 let pretraining resume from checkpoints trained on the old codes."""
+    for marker in ("data/summary.json", "features/DONE", "inject/fused.safetensors", "pretrain/final/model.safetensors",
+                   "pretrain/checkpoints/epoch_3/model.safetensors"):
+        (tmp_path / marker).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / marker).write_text("old")
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "semantic_ids.json").parent.mkdir()
+    (elsewhere / "semantic_ids.json").write_text("old")
+    (tmp_path / "semantic_ids").symlink_to(elsewhere, target_is_directory=True)
+    pipeline.main(["--config", SMOKE, "--output_dir", str(tmp_path), "--stop_after", "pretrain", "--force", "quantize"])
+    assert list(stub_stages) == ["quantize", "pretrain"]  # data, features and inject kept; pretrain follows quantize
+    assert not (tmp_path / "pretrain" / "checkpoints").exists()  # no resuming from the old codes' checkpoints
+    assert not (tmp_path / "semantic_ids").is_symlink() and (elsewhere / "semantic_ids.json").is_file()
+    assert (tmp_path / "inject" / "fused.safetensors").read_text() == "old"

@@ -8,10 +8,10 @@ Each stage runs its own script's `main` with the config file (its section) and t
 passed on to every stage that takes it (`--seed 3` reaches stage 2, pretraining and fine-tuning; `--num_epochs 3`
 pretraining and fine-tuning); a flag no stage takes is refused. Every section of the config and every flag is
 checked before the first stage runs, so a typo fails at once. A stage whose output is already there is skipped
-(flags given here do not rerun it: `--force STAGE` does), and an interrupted pretraining or fine-tuning resumes from
-its last checkpoint. At the end OUTPUT_DIR holds `final/` (model + tokenizer, loadable with
-`AutoModel.from_pretrained(..., trust_remote_code=True)`, with the item encoder that gives new items semantic IDs:
-`model.add_items`, and its run files and card: `training/export.py`), `metrics.json` (test metrics, full ranking,
+(flags given here do not rerun it: `--force STAGE` reruns it from scratch, and every stage after it), and an
+interrupted pretraining or fine-tuning resumes from its last checkpoint. At the end OUTPUT_DIR holds `final/`
+(model + tokenizer, loadable with `AutoModel.from_pretrained(..., trust_remote_code=True)`, with the item encoder
+that gives new items semantic IDs: `model.add_items`, and its run files and card: `training/export.py`), `metrics.json` (test metrics, full ranking,
 with those of most-popular on the same users under `most_popular`) and `timings.json` (seconds per stage):
 
     OUTPUT_DIR/data/            prepared dataset (sequences/, items/, summary.json)
@@ -67,7 +67,8 @@ class PipelineArgs:
 
     output_dir: str = field(default="outputs/beauty", metadata={"help": "folder for every stage's outputs"})
     stop_after: str = field(default="finetune", metadata={"help": f"last stage to run: one of {', '.join(STAGES)}"})
-    force: str = field(default="", metadata={"help": "comma-separated stages to rerun even if their output exists"})
+    force: str = field(default="", metadata={"help": "comma-separated stages to rerun from scratch even if their "
+                                                     "output exists (every later stage reruns too)"})
 
 
 SECTION = "pipeline"
@@ -149,6 +150,15 @@ def check_config(config: dict, source: str) -> None:
         section_values(own, section, SECTION_TYPES[section], source=f"{source}, section {ID_BASELINES}")
 
 
+def clear_output(folder: Path) -> None:
+    """Remove a forced stage's earlier output, so that it reruns from scratch (not from its old checkpoints); a
+    symlinked folder is unlinked and its target kept."""
+    if folder.is_symlink():
+        folder.unlink()
+    elif folder.exists():
+        shutil.rmtree(folder)
+
+
 def metrics_table(rows: dict[str, dict]) -> str:
     """One line of test metrics per model, under a header of short names (R@10 = Recall@10, N@10 = NDCG@10)."""
     lines = [f"{'':<14}" + "".join(f"{short:>8}" for short in METRIC_COLUMNS.values())]
@@ -168,6 +178,8 @@ def main(argv=None) -> dict | None:
     forced = {s for s in args.force.split(",") if s}
     if forced - set(STAGES):
         raise ValueError(f"--force names unknown stages: {', '.join(sorted(forced - set(STAGES)))}")
+    if forced:  # a rerun stage's output feeds every later stage: they rerun too
+        forced = set(STAGES[min(STAGES.index(stage) for stage in forced):])
     if config_path:
         check_config(load_yaml(config_path), config_path)
     out = Path(args.output_dir)
@@ -184,6 +196,8 @@ def main(argv=None) -> dict | None:
         if marker.exists() and name not in forced:
             print(f"[pipeline] {name}: done already ({marker}), skipping")
         else:
+            if name in forced:
+                clear_output(Path(stage_argv[stage_argv.index("--output_dir") + 1]))
             print(f"[pipeline] {name}: running")
             start = time.perf_counter()
             stage_main(stage_argv)
