@@ -11,8 +11,9 @@ checked before the first stage runs, so a typo fails at once. A stage whose outp
 (flags given here do not rerun it: `--force STAGE` reruns it from scratch, and every stage after it), and an
 interrupted pretraining or fine-tuning resumes from its last checkpoint. At the end OUTPUT_DIR holds `final/`
 (model + tokenizer, loadable with `AutoModel.from_pretrained(..., trust_remote_code=True)`, with the item encoder
-that gives new items semantic IDs: `model.add_items`, and its run files and card: `training/export.py`), `metrics.json` (test metrics, full ranking,
-with those of most-popular on the same users under `most_popular`) and `timings.json` (seconds per stage):
+that gives new items semantic IDs: `model.add_items`, and its run files and card: `training/export.py`),
+`metrics.json` (test metrics, full ranking, with those of most-popular on the same users under `most_popular`) and
+`timings.json` (seconds per stage):
 
     OUTPUT_DIR/data/            prepared dataset (sequences/, items/, summary.json)
     OUTPUT_DIR/features/        <modality>.safetensors
