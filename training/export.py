@@ -106,6 +106,7 @@ def record_run(run_dir: Path, model_dir: Path, out_dir: Path, command: str | Non
                      for stage in ("pretrain", "finetune")},
         "seconds_per_stage": json.loads(timings.read_text()) if timings.is_file() else None,
         "num_parameters": model.num_parameters(),
+        "item_encoder_parameters": sum(p.numel() for p in model.item_encoder.parameters()) if model.item_encoder else 0,
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__},
     }
@@ -157,7 +158,9 @@ def configuration_section(config: dict, run: dict) -> str:
                         f"{config['num_attention_heads']} head(s), {config['max_position_embeddings']} positions"],
         ["item-ID embedding", "yes" if config.get("use_item_embedding") else "no"],
         ["loss", f"`{config.get('loss_type')}`"],
-        ["parameters", f"{run['num_parameters']:,}"],
+        ["parameters", f"{run['num_parameters']:,}" + (
+            f" ({run['item_encoder_parameters']:,} of them the item encoder, which gives new items their semantic IDs)"
+            if run.get("item_encoder_parameters") else "")],
     ]
     for stage, record in run["training"].items():
         if record:
