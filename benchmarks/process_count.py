@@ -1,10 +1,10 @@
 """Benchmark: fine-tuning on one process against two (torchrun, gloo on CPUs) with the same effective batch.
 
-    python benchmarks/multiprocess.py --run_dir outputs/beauty --runs_dir outputs/multiprocess
+    python benchmarks/process_count.py --run_dir outputs/beauty --runs_dir outputs/process-count
 
 From the pipeline folder `--run_dir` (its data/ and pretrain/final/), fine-tunes with `configs/beauty.yaml` twice:
 one process with batch size B, and two processes with B / 2 each (the same effective batch, the same epochs), then
-writes both runs' test metrics, seconds and process counts to `RESULTS_DIR/multiprocess.json` and `.md`. Two
+writes both runs' test metrics, seconds and process counts to `RESULTS_DIR/process_count.json` and `.md`. Two
 processes on two cores use one torch thread each; the one-process run gets one thread too, so the comparison is of
 the code path, not of a speed-up.
 """
@@ -27,19 +27,19 @@ from training.config import parse_args  # noqa: E402
 
 @dataclass
 class MultiprocessArgs:
-    """Arguments of `benchmarks/multiprocess.py`."""
+    """Arguments of `benchmarks/process_count.py`."""
 
     run_dir: str = field(default="outputs/beauty", metadata={"help": "pipeline folder with data/ and pretrain/final/"})
-    runs_dir: str = field(default="outputs/multiprocess", metadata={"help": "where the two fine-tuning runs go"})
-    config: str = field(default="configs/beauty.yaml", metadata={"help": "config of the fine-tuning runs"})
+    runs_dir: str = field(default="outputs/process-count", metadata={"help": "where the two fine-tuning runs go"})
+    finetune_config: str = field(default="configs/beauty.yaml", metadata={"help": "config of the fine-tuning runs"})
     batch_size: int = field(default=256, metadata={"help": "effective batch: one process B, two processes B / 2"})
-    results_dir: str = field(default="benchmarks/results/multiprocess", metadata={"help": "where the figures go"})
+    results_dir: str = field(default="benchmarks/results/process-count", metadata={"help": "where the figures go"})
 
 
 def finetune(args: MultiprocessArgs, processes: int) -> dict:
     """One fine-tuning run with `processes` processes; its test metrics, seconds and the launch command."""
     output_dir = Path(args.runs_dir) / f"processes-{processes}"
-    flags = ["--config", args.config, "--dataset_dir", str(Path(args.run_dir) / "data"), "--pretrained_dir",
+    flags = ["--config", args.finetune_config, "--dataset_dir", str(Path(args.run_dir) / "data"), "--pretrained_dir",
              str(Path(args.run_dir) / "pretrain" / "final"), "--output_dir", str(output_dir),
              "--batch_size", str(args.batch_size // processes), "--resume_from_checkpoint", "latest",
              "--report_to", "none"]
@@ -69,9 +69,9 @@ def markdown_report(report: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    (args,) = parse_args(argv, MultiprocessArgs, section="multiprocess", description=__doc__)
+    (args,) = parse_args(argv, MultiprocessArgs, section="process_count", description=__doc__)
     report = {"settings": asdict(args), "runs": {str(n): finetune(args, n) for n in (1, 2)}, "machine": machine_info()}
-    write_report(args.results_dir, "multiprocess", report, markdown_report(report))
+    write_report(args.results_dir, "process_count", report, markdown_report(report))
     print(markdown_report(report))
     return report
 
